@@ -1,0 +1,42 @@
+"""SCOT: zero-shot composed image retrieval on a frozen vision-language encoder.
+
+Importing this package registers model_type "scot" with `AutoConfig`, `AutoModel` and `AutoProcessor`, and marks
+the classes for the Hub route: every `save_pretrained` folder also carries a copy of these three files, so it loads
+with `trust_remote_code=True` where this package is not installed (and without it, from the package, where it is).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_scot import ScotConfig
+from .modeling_scot import (
+    Combiner,
+    ScotModel,
+    ScotOutput,
+    ScotPreTrainedModel,
+    compute_scot_loss,
+    infonce_loss,
+    scot_loss,
+)
+from .processing_scot import ScotProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ScotConfig.model_type, ScotConfig, exist_ok=True)
+AutoModel.register(ScotConfig, ScotModel, exist_ok=True)
+AutoProcessor.register(ScotConfig, ScotProcessor, exist_ok=True)
+
+ScotConfig.register_for_auto_class()
+ScotModel.register_for_auto_class("AutoModel")
+ScotProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "Combiner",
+    "ScotConfig",
+    "ScotModel",
+    "ScotOutput",
+    "ScotPreTrainedModel",
+    "ScotProcessor",
+    "compute_scot_loss",
+    "infonce_loss",
+    "scot_loss",
+]
