@@ -1,7 +1,7 @@
 """SCOT model configuration.
 
-SCOT (Jawade et al., "SCOT: Self-Supervised Contrastive Pretraining for Zero-Shot Compositional Retrieval",
-WACV 2025) composes a frozen vision-language encoder's image and text embeddings with a CLIP4Cir Combiner.
+SCOT (Jawade et al., "SCOT: Self-Supervised Contrastive Pretraining for Zero-Shot Compositional Retrieval")
+composes a frozen vision-language encoder's image and text embeddings with a CLIP4Cir Combiner.
 `ScotConfig` holds the encoder's own config as a sub-config plus the Combiner and loss settings.
 """
 

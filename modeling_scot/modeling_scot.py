@@ -1,7 +1,7 @@
 """PyTorch SCOT model.
 
 SCOT: Self-Supervised Contrastive Pretraining for Zero-Shot Compositional Retrieval
-(Jawade et al., WACV 2025). A frozen vision-language encoder (CLIP, BLIP-2 or any `VisionTextDualEncoderModel`)
+(Jawade et al.). A frozen vision-language encoder (CLIP, BLIP-2 or any `VisionTextDualEncoderModel`)
 embeds a reference image and a modification text; a CLIP4Cir Combiner (Baldrati et al., 2022) fuses the two into a
 composed embedding that is compared with gallery image embeddings. Training pulls the composed embedding towards the
 text embedding of an LLM-written modified caption (`scot_loss`, Eq. 4-9 of the paper).

@@ -41,7 +41,7 @@ def _bytes_to_unicode():
     return chars
 
 
-def clip_tokenizer(folder=None):
+def clip_tokenizer():
     alphabet = _bytes_to_unicode()
     tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
     vocab = {token: index for index, token in enumerate(tokens)}
