@@ -128,6 +128,11 @@ class ScotConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: clear errors for values SCOT cannot use."""
         encoder_embed_dim(self.encoder_config)  # raises for an unsupported encoder
+        if self.encoder_config.model_type == "blip-2" and not self.encoder_config.qformer_config.use_qformer_text_input:
+            raise ValueError(
+                "This BLIP-2 config has qformer_config.use_qformer_text_input=False: its Q-Former cannot embed text. "
+                "SCOT needs a BLIP-2 retrieval checkpoint (Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g)."
+            )
         for name, allowed in (
             ("blip2_query_pooling", BLIP2_QUERY_POOLINGS),
             ("text_pooling", TEXT_POOLINGS),

@@ -20,7 +20,7 @@ def test_defaults_are_the_papers():
     "encoder_config, embed_dim",
     [
         (CLIPConfig(projection_dim=768), 768),
-        (Blip2Config(image_text_hidden_size=256), 256),
+        (Blip2Config(image_text_hidden_size=256, qformer_config={"use_qformer_text_input": True}), 256),
         (VisionTextDualEncoderConfig(vision_config={"model_type": "vit"}, text_config={"model_type": "bert"},
                                      projection_dim=384), 384),
     ],
@@ -32,7 +32,8 @@ def test_embed_dim_comes_from_the_encoder(encoder_config, embed_dim):
 
 
 def test_round_trip_through_auto_config(tmp_path):
-    config = ScotConfig(encoder_config=Blip2Config().to_dict(), margin=0.3, loss_type="infonce")
+    blip2 = Blip2Config(qformer_config={"use_qformer_text_input": True})
+    config = ScotConfig(encoder_config=blip2.to_dict(), margin=0.3, loss_type="infonce")
     config.save_pretrained(tmp_path)
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert type(reloaded) is ScotConfig and isinstance(reloaded.encoder_config, Blip2Config)
@@ -59,3 +60,8 @@ def test_non_scot_config_file_is_refused(tmp_path):
     CLIPConfig().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds a 'clip' config, not a SCOT config"):
         ScotConfig.from_pretrained(tmp_path)
+
+
+def test_blip2_without_text_qformer_is_refused():
+    with pytest.raises(Exception, match="use_qformer_text_input=False"):
+        ScotConfig(encoder_config=Blip2Config().to_dict())
