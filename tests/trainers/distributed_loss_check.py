@@ -1,0 +1,67 @@
+"""Run under torchrun with 2 CPU processes (gloo): the SCOT loss gathered across processes, and the gradients DDP
+averages, equal the single-process loss and gradients on the same global batch. Rank 0 prints one JSON line.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/trainers/distributed_loss_check.py FOLDER
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from modeling_scot import ScotModel, compute_scot_loss  # noqa: E402
+from trainers.trainer import gathered_scot_loss  # noqa: E402
+
+GLOBAL_BATCH = 8
+
+
+def global_batch(embed_dim):
+    generator = torch.Generator().manual_seed(1234)
+    return [torch.nn.functional.normalize(torch.randn(GLOBAL_BATCH, embed_dim, generator=generator), dim=-1)
+            for _ in range(4)]  # image, modification, modified caption, caption
+
+
+def combiner_grads(model):
+    return torch.cat([p.grad.flatten() for p in model.combiner.parameters()])
+
+
+def main():
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)  # same Combiner init on every process
+    model = ScotModel.from_backbone(sys.argv[1], combiner_dropout=0.0).train()
+    image, modification, modified, caption = global_batch(model.config.embed_dim)
+
+    # single process, whole global batch
+    reference = ScotModel.from_backbone(sys.argv[1], combiner_dropout=0.0).train()
+    reference.load_state_dict(model.state_dict())
+    reference_loss = compute_scot_loss(reference.config, reference.compose(image, modification), modified, caption)
+    reference_loss.backward()
+
+    # this process's share, DDP-wrapped, negatives gathered with gradient
+    share = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    ddp = DistributedDataParallel(model)
+    composed = ddp(image_embeds=image[share], text_embeds=modification[share]).composed_embeds
+    loss = gathered_scot_loss(model.config, composed, modified[share], caption[share])
+    loss.backward()
+
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    if rank == 0:
+        print(json.dumps({
+            "world_size": world,
+            "single_process_loss": reference_loss.item(),
+            "gathered_losses": [value.item() for value in losses],
+            "max_grad_difference": (combiner_grads(model) - combiner_grads(reference)).abs().max().item(),
+            "max_grad": combiner_grads(reference).abs().max().item(),
+        }))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""trainers/train.py end to end on a tiny CLIP and a 64-row triplet dataset: accelerate launch with a config file,
+exact resume, the embedding cache, bad data, and the 2-process gathered loss."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoProcessor, TrainerCallback
+
+from modeling_scot import ScotModel, ScotProcessor
+from tests.tiny_backbones import save_tiny_clip
+from tests.trainers.triplet_fixtures import draw, save_triplet_dataset, triplet_rows
+from trainers.embedding_cache import EmbeddingCache, TripletColumns
+from trainers.train import DataArguments, ModelArguments, ScotTrainingArguments, build_trainer, parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return {"root": root, "clip": save_tiny_clip(root / "clip"), "data": save_triplet_dataset(root / "data")}
+
+
+def _env(root):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf_home"), OMP_NUM_THREADS="1")
+    return env
+
+
+def test_accelerate_launch_with_a_config_file(workspace, tmp_path):
+    config = {
+        "model_name_or_path": str(workspace["clip"]),
+        "dataset_name": str(workspace["data"]),
+        "eval_fraction": 0.25,
+        "embedding_cache_dir": str(tmp_path / "cache"),
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 16,
+        "max_steps": 30,
+        "learning_rate": 0.001,
+        "logging_steps": 5,
+        "eval_strategy": "steps",
+        "eval_steps": 15,
+        "save_steps": 15,
+        "seed": 0,
+    }
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+               str(REPO / "trainers" / "train.py"), str(config_file)]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    out = tmp_path / "out"
+    curve = json.loads((out / "loss_curve.json").read_text())
+    losses = [loss for _, loss in curve["train"]]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses  # the loss falls
+    assert curve["eval"], "evaluation ran during training"
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_loss", "eval_R@1", "eval_R@5", "eval_R@10"} <= set(eval_results)
+    assert 0.0 <= eval_results["eval_R@1"] <= eval_results["eval_R@10"] <= 100.0
+
+    model, processor = AutoModel.from_pretrained(out), AutoProcessor.from_pretrained(out)
+    assert type(model) is ScotModel
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "training_args.json",
+                                                "checkpoint-15", "checkpoint-30"}
+    assert not list(out.glob("*.bin"))
+    inputs = processor(images=[draw("circle", "red")], text=["make it blue"], return_tensors="pt")
+    assert model(**inputs).composed_embeds.shape == (1, model.config.embed_dim)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _arguments(workspace, output_dir, cache_dir, **training):
+    model_args = ModelArguments(model_name_or_path=str(workspace["clip"]))
+    data_args = DataArguments(dataset_name=str(workspace["data"]), eval_fraction=0.0, embedding_cache_dir=str(cache_dir))
+    training_args = ScotTrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=16,
+                                          learning_rate=1e-3, save_steps=100, logging_steps=4, seed=3, **training)
+    return model_args, data_args, training_args
+
+
+def test_resume_continues_exactly(workspace, tmp_path):
+    # N = 16 steps straight, against 8 steps + a stop + resume from checkpoint-8 for the other 8. Dropout (0.5 in
+    # the Combiner) and data order depend on RNG and sampler state, both restored from the checkpoint.
+    straight = build_trainer(*_arguments(workspace, tmp_path / "straight", tmp_path / "cache"))
+    straight.train()
+
+    interrupted = build_trainer(*_arguments(workspace, tmp_path / "resumed", tmp_path / "cache"), callbacks=[_StopAt(8)])
+    interrupted.train()
+    assert interrupted.state.global_step == 8 and (tmp_path / "resumed" / "checkpoint-8").is_dir()
+
+    resumed = build_trainer(*_arguments(workspace, tmp_path / "resumed", tmp_path / "cache"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-8"))
+    assert resumed.state.global_step == 16
+
+    # tolerance: 1e-6 absolute on every Combiner weight (float32, same CPU kernels; observed equal)
+    for (name, a), (_, b) in zip(straight.model.combiner.state_dict().items(), resumed.model.combiner.state_dict().items()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)
+    untrained = build_trainer(*_arguments(workspace, tmp_path / "fresh", tmp_path / "cache")).model
+    assert not torch.allclose(untrained.combiner.fusion[0].weight, straight.model.combiner.fusion[0].weight)
+
+
+def test_yaml_and_flags_parse_to_the_same_arguments(tmp_path):
+    (tmp_path / "run.yaml").write_text("model_name_or_path: m\ndataset_name: d\noutput_dir: o\nalpha_pos: 5.0\n"
+                                       "per_device_train_batch_size: 1024\n")
+    from_yaml = parse_args([str(tmp_path / "run.yaml")])
+    from_flags = parse_args(["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", "o",
+                             "--alpha_pos", "5.0", "--per_device_train_batch_size", "1024"])
+    assert from_yaml[0] == from_flags[0] and from_yaml[1] == from_flags[1]
+    assert from_yaml[2].learning_rate == 1e-4 and from_yaml[2].optim == "adamw_torch"  # the paper's defaults
+    assert from_yaml[2].per_device_train_batch_size == 1024
+
+
+def test_shipped_configs_parse_with_the_papers_settings():
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert {c.name for c in configs} >= {"scot_blip2.yaml", "scot_clip_vit_l14.yaml", "infonce_blip2.yaml"}
+    for config in configs:
+        model_args, data_args, training_args = parse_args([str(config)])
+        assert training_args.learning_rate == 1e-4 and training_args.optim == "adamw_torch"
+        assert training_args.per_device_train_batch_size == 1024 and data_args.use_embedding_cache
+        if model_args.loss_type == "scot":
+            assert (model_args.alpha_pos, model_args.alpha_neg, model_args.margin) == (10.0, 0.1, 0.2)
+
+
+def test_cache_encodes_each_distinct_item_once_and_is_reused(workspace, tmp_path):
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(workspace["data"]), split="train")
+    model = ScotModel.from_backbone(workspace["clip"])
+    processor = ScotProcessor.from_backbone(workspace["clip"])
+    cache = EmbeddingCache.build_or_load(model, processor, dataset, cache_dir=tmp_path, show_progress=False)
+    rows = triplet_rows()
+    distinct_texts = {t for row in rows for t in (row["caption"], row["modification"], row["modified_caption"])}
+    assert cache.manifest["num_distinct_images"] == 16 and cache.manifest["num_distinct_texts"] == len(distinct_texts)
+    assert len(cache) == 64 and cache.skipped == {"empty_text": 0, "unreadable_image": 0}
+
+    item = cache.as_dataset()[5]
+    with torch.no_grad():
+        expected_image = model.get_image_features(**processor(images=[rows[5]["image"]], return_tensors="pt"))[0]
+        expected_target = model.get_text_features(**processor(text=[rows[5]["modified_caption"]], return_tensors="pt"))[0]
+    torch.testing.assert_close(item["image_embeds"], expected_image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(item["modified_caption_embeds"], expected_target, atol=1e-5, rtol=0)
+
+    # same encoder + data: reused (no re-encoding); another encoder: another entry
+    calls = []
+    model.get_image_features = lambda *a, **k: calls.append(1)
+    again = EmbeddingCache.build_or_load(model, processor, dataset, cache_dir=tmp_path, show_progress=False)
+    assert again.folder == cache.folder and not calls
+    other = ScotModel.from_backbone(save_tiny_clip(tmp_path / "other_clip", seed=1))
+    assert EmbeddingCache.build_or_load(other, processor, dataset, cache_dir=tmp_path, show_progress=False).folder != cache.folder
+
+
+def test_interrupted_cache_resumes_from_its_chunks(workspace, tmp_path):
+    from datasets import load_dataset
+
+
+    dataset = load_dataset(str(workspace["data"]), split="train")
+    model = ScotModel.from_backbone(workspace["clip"])
+    processor = ScotProcessor.from_backbone(workspace["clip"])
+    complete = EmbeddingCache.build_or_load(model, processor, dataset, cache_dir=tmp_path / "a", chunk_size=4,
+                                            show_progress=False)
+    # simulate an interruption: the manifest and some text chunks were never written
+    partial = tmp_path / "b" / complete.folder.name
+    shutil.copytree(complete.folder, partial)
+    (partial / "manifest.json").unlink()
+    for chunk in sorted(partial.glob("texts-*.safetensors"))[3:]:
+        chunk.unlink()
+    encoded = []
+    original = model.get_text_features
+    model.get_text_features = lambda **kwargs: encoded.append(len(kwargs["input_ids"])) or original(**kwargs)
+    resumed = EmbeddingCache.build_or_load(model, processor, dataset, cache_dir=tmp_path / "b", chunk_size=4,
+                                           show_progress=False)
+    assert sum(encoded) == complete.manifest["num_distinct_texts"] - 3 * 4  # only the missing chunks
+    torch.testing.assert_close(resumed.text_embeds, complete.text_embeds, atol=0, rtol=0)
+
+
+def test_bad_rows_are_skipped_and_counted(workspace, tmp_path):
+    import io
+
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+
+    rows = []
+    for row in triplet_rows()[:8]:
+        png = io.BytesIO()
+        row["image"].save(png, format="PNG")
+        rows.append({**row, "image": {"bytes": png.getvalue(), "path": None}})
+    rows[1]["modification"] = "   "
+    rows[2]["modified_caption"] = ""
+    rows[4]["image"] = {"bytes": b"not an image", "path": None}
+    features = Features({"image": ImageFeature(), "caption": Value("string"), "modification": Value("string"),
+                         "modified_caption": Value("string")})
+    dataset = Dataset.from_list(rows, features=features)
+    model = ScotModel.from_backbone(workspace["clip"])
+    cache = EmbeddingCache.build_or_load(model, ScotProcessor.from_backbone(workspace["clip"]), dataset,
+                                         cache_dir=tmp_path / "cache", show_progress=False)
+    assert cache.skipped == {"empty_text": 2, "unreadable_image": 1}
+    assert len(cache) == 5 and cache.row_indices["dataset_row"].tolist() == [0, 3, 5, 6, 7]
+
+
+def test_missing_column_error_lists_expected_and_found(workspace, tmp_path):
+    from datasets import load_dataset
+
+    dataset = load_dataset(str(workspace["data"]), split="train").rename_column("modification", "edit")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['modification'\].*found \[.*'edit'"):
+        TripletColumns().check(dataset)
+    data_args = DataArguments(dataset_name=str(workspace["data"]), modified_caption_column="target_caption",
+                              embedding_cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="target_caption"):
+        build_trainer(ModelArguments(model_name_or_path=str(workspace["clip"])), data_args,
+                      ScotTrainingArguments(output_dir=str(tmp_path / "out")))
+
+
+def test_training_without_the_cache_reencodes_raw_batches(workspace, tmp_path):
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "raw", tmp_path / "cache")
+    data_args.use_embedding_cache = False
+    training_args.max_steps = 4
+    trainer = build_trainer(model_args, data_args, training_args)
+    before = trainer.model.combiner.fusion[0].weight.clone()
+    encoder_before = {k: v.clone() for k, v in trainer.model.encoder.state_dict().items()}
+    trainer.train()
+    assert not torch.equal(before, trainer.model.combiner.fusion[0].weight)
+    for key, value in trainer.model.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_gathered_loss_equals_single_process(workspace, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(REPO / "tests" / "trainers" / "distributed_loss_check.py"), str(workspace["clip"])]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["world_size"] == 2
+    for loss in report["gathered_losses"]:
+        assert loss == pytest.approx(report["single_process_loss"], abs=1e-5)
+    assert report["max_grad_difference"] <= 1e-5 * max(1.0, report["max_grad"])

@@ -1,0 +1,190 @@
+"""`ScotTrainer`: the transformers `Trainer` with the SCOT loss, negatives gathered across processes.
+
+Batches come in two shapes:
+- cached (the default): `image_embeds`, `text_embeds` (modification), `modified_caption_embeds`, `caption_embeds`
+  from `trainers.embedding_cache`; only the Combiner runs.
+- raw (cache off, needed for unfrozen encoders): `pixel_values`, `input_ids`, `attention_mask` and the tokenised
+  modified captions and captions from `RawTripletCollator`; the encoder runs every step, as in CLIP4Cir.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer
+from transformers.trainer_utils import EvalPrediction
+
+from modeling_scot import compute_scot_loss
+
+from .embedding_cache import TripletColumns, _open_image
+
+logger = logging.getLogger(__name__)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each process the sum, over processes, of the gradients for its own rows."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        ctx.rows = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_output = grad_output.contiguous()
+        dist.all_reduce(grad_output)  # sum (all backends support it, unlike reduce_scatter)
+        start = dist.get_rank() * ctx.rows
+        return grad_output[start : start + ctx.rows]
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather `tensor` [n, d] from every process (the same n on each), keeping the autograd graph (as open_clip's
+    `gather_features` with `gather_with_grad=True`). Each process then computes the loss over the global batch; the
+    gather's backward sums the gradients every process sends to this one's rows, and DDP's gradient averaging divides
+    by the process count again, so the update equals the single-process update on the same global batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def gathered_scot_loss(config, composed_embeds, modified_caption_embeds, caption_embeds=None) -> torch.Tensor:
+    """`compute_scot_loss` over the global batch: composed embeddings with gradient, targets and negatives from every
+    process (the cached targets carry no gradient, so gathering them with grad costs nothing extra)."""
+    return compute_scot_loss(
+        config,
+        gather_with_grad(composed_embeds),
+        gather_with_grad(modified_caption_embeds),
+        gather_with_grad(caption_embeds) if caption_embeds is not None else None,
+    )
+
+
+class RawTripletCollator:
+    """Collate raw triplet rows for training without the embedding cache: reference images and modification texts
+    for the model, modified captions and captions tokenised for the target / negative embeddings. Rows with an
+    unreadable image or an empty text are dropped and counted in `self.skipped`."""
+
+    def __init__(self, processor, columns: TripletColumns | None = None):
+        self.processor = processor
+        self.columns = columns or TripletColumns()
+        self.skipped = 0
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        columns = self.columns
+        kept = []
+        for row in rows:
+            texts = [row.get(name) for name in columns.text_columns]
+            image = _open_image(row[columns.image]) if row.get(columns.image) is not None else None
+            if image is None or not all(isinstance(t, str) and t.strip() for t in texts):
+                self.skipped += 1
+                continue
+            kept.append((image, *texts))
+        if not kept:
+            raise ValueError("Every row of this batch has an unreadable image or an empty text.")
+        images, modifications, modified_captions, captions = map(list, zip(*kept))
+        batch = dict(self.processor(images=images, text=modifications, return_tensors="pt"))
+        for prefix, texts in (("modified_caption", modified_captions), ("caption", captions)):
+            tokens = self.processor(text=texts, return_tensors="pt")
+            batch[f"{prefix}_input_ids"] = tokens["input_ids"]
+            batch[f"{prefix}_attention_mask"] = tokens["attention_mask"]
+        return batch
+
+
+def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -> dict[str, float]:
+    """Proxy retrieval metric during training: rank every distinct modified caption of the held-out slice for each
+    composed query; recall@k in percent. Duplicate captions count as one gallery entry."""
+    from .metrics import recall_at_k
+
+    composed = torch.as_tensor(eval_prediction.predictions, dtype=torch.float32)
+    targets = torch.as_tensor(eval_prediction.label_ids, dtype=torch.float32)
+    distinct_targets, target_index = torch.unique(targets, dim=0, return_inverse=True)
+    scores = torch.nn.functional.normalize(composed, dim=-1) @ torch.nn.functional.normalize(distinct_targets, dim=-1).T
+    return recall_at_k(scores, target_index, ks=ks)
+
+
+class ScotTrainer(Trainer):
+    """A `Trainer` for `ScotModel`: the SCOT (or InfoNCE) loss from `modeling_scot` over the batch gathered from all
+    processes, on cached embeddings or raw batches. Evaluation reports the loss and composed -> modified-caption
+    recall@1/5/10 on the evaluation set; with `cir_benchmark` set, also a CIR benchmark through `trainers.evaluate`."""
+
+    # The loss is a function of the whole (global) batch, not a sum over items: training_step divides it by the
+    # gradient-accumulation steps, so accumulated gradients are the mean over micro-batches.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, cir_benchmark: dict | None = None, **kwargs):
+        kwargs.setdefault("compute_metrics", composed_to_caption_recall)
+        super().__init__(*args, **kwargs)
+        self.cir_benchmark = cir_benchmark
+
+    def _embed_batch(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Composed embeddings (with gradient) and the target / negative caption embeddings of one batch."""
+        if "pixel_values" in inputs:
+            scot_model = self.accelerator.unwrap_model(model)
+            composed = model(
+                pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+            ).composed_embeds
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not scot_model.config.freeze_encoder):
+                modified = scot_model.get_text_features(
+                    input_ids=inputs["modified_caption_input_ids"],
+                    attention_mask=inputs["modified_caption_attention_mask"],
+                )
+                captions = scot_model.get_text_features(
+                    input_ids=inputs["caption_input_ids"], attention_mask=inputs["caption_attention_mask"]
+                )
+            return composed, modified, captions
+        composed = model(image_embeds=inputs["image_embeds"], text_embeds=inputs["text_embeds"]).composed_embeds
+        return composed, inputs["modified_caption_embeds"], inputs.get("caption_embeds")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        composed, modified, captions = self._embed_batch(model, inputs)
+        config = self.accelerator.unwrap_model(model).config
+        loss = gathered_scot_loss(config, composed, modified, captions)
+        return (loss, {"composed_embeds": composed}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            composed, modified, captions = self._embed_batch(model, inputs)
+            # per-process loss on the local batch: evaluation does not need the global negatives
+            loss = compute_scot_loss(self.accelerator.unwrap_model(model).config, composed, modified, captions)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        # the modified-caption embeddings travel as "labels", so Trainer gathers them and calls compute_metrics
+        return loss.detach(), composed.detach(), modified.detach()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # Trainer pickles its arguments into training_args.bin; keep them as JSON instead (nothing here is unpickled)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            Path(output_dir, "training_args.bin").unlink(missing_ok=True)
+            Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.cir_benchmark:
+            from .evaluate import evaluate_benchmark
+
+            scot_model = self.accelerator.unwrap_model(self.model)
+            was_training = scot_model.training
+            scot_model.eval()
+            results = evaluate_benchmark(scot_model, self.processing_class, **self.cir_benchmark)
+            scot_model.train(was_training)
+            name = self.cir_benchmark.get("benchmark", "cir")
+            cir_metrics = {f"{metric_key_prefix}_{name}_{key}": value for key, value in _flatten(results).items()}
+            self.log(cir_metrics)
+            metrics.update(cir_metrics)
+        return metrics
+
+
+def _flatten(results: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}_"))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
