@@ -24,8 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# CLIP's BPE vocabulary ships in the open-clip-torch wheel; --no-deps keeps its torchvision out of the venv
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	$(BIN)/python bench/bench_wrapper_overhead.py
+	$(BIN)/python bench/bench_training.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

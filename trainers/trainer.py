@@ -117,6 +117,7 @@ class ScotTrainer(Trainer):
         kwargs.setdefault("compute_metrics", composed_to_caption_recall)
         super().__init__(*args, **kwargs)
         self.cir_benchmark = cir_benchmark
+        self._prepared_benchmark = None
 
     def _embed_batch(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Composed embeddings (with gradient) and the target / negative caption embeddings of one batch."""
@@ -166,25 +167,17 @@ class ScotTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.cir_benchmark:
-            from .evaluate import evaluate_benchmark
+            from .evaluate import evaluate_prepared, prepare_benchmark
 
             scot_model = self.accelerator.unwrap_model(self.model)
-            was_training = scot_model.training
-            scot_model.eval()
-            results = evaluate_benchmark(scot_model, self.processing_class, **self.cir_benchmark)
-            scot_model.train(was_training)
-            name = self.cir_benchmark.get("benchmark", "cir")
-            cir_metrics = {f"{metric_key_prefix}_{name}_{key}": value for key, value in _flatten(results).items()}
+            settings = dict(self.cir_benchmark)
+            method = settings.pop("method", "scot")
+            if self._prepared_benchmark is None:
+                # the encoder is frozen: gallery, references and query texts are encoded once per run
+                self._prepared_benchmark = prepare_benchmark(scot_model, self.processing_class, **settings)
+            result = evaluate_prepared(scot_model, self._prepared_benchmark, method=method)
+            name = settings["benchmark"]
+            cir_metrics = {f"{metric_key_prefix}_{name}_{key}": float(value) for key, value in result["metrics"].items()}
             self.log(cir_metrics)
             metrics.update(cir_metrics)
         return metrics
-
-
-def _flatten(results: dict, prefix: str = "") -> dict[str, float]:
-    flat = {}
-    for key, value in results.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}_"))
-        elif isinstance(value, (int, float)):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat

@@ -256,3 +256,19 @@ def test_two_process_gathered_loss_equals_single_process(workspace, tmp_path):
     for loss in report["gathered_losses"]:
         assert loss == pytest.approx(report["single_process_loss"], abs=1e-5)
     assert report["max_grad_difference"] <= 1e-5 * max(1.0, report["max_grad"])
+
+
+def test_cir_benchmark_is_evaluated_during_training(workspace, tmp_path):
+    from tests.trainers.cir_fixtures import build_cirr
+
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache")
+    data_args.eval_fraction = 0.25
+    data_args.cir_benchmark, data_args.cir_data_dir = "cirr", str(build_cirr(tmp_path / "cirr"))
+    training_args.max_steps = 4
+    trainer = build_trainer(model_args, data_args, training_args)
+    trainer.train()
+    first = trainer.evaluate()
+    second = trainer.evaluate()
+    for key in ("eval_cirr_R@1", "eval_cirr_R@5", "eval_cirr_R@10", "eval_cirr_R@50", "eval_cirr_Rsubset@1"):
+        assert 0.0 <= first[key] <= 100.0
+        assert second[key] == first[key]  # prepared once, same model: same numbers
