@@ -62,26 +62,37 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(temporary, path)
 
 
-def encoder_fingerprint(model) -> str:
-    """A hash of the encoder's config and weights (shape, sum and a few values of each tensor): cheap, and it changes
-    whenever the encoder does."""
-    digest = hashlib.sha256(model.config.encoder_config.to_json_string(use_diff=False).encode())
-    digest.update(json.dumps({k: v for k, v in model.config.to_dict().items() if k in ("blip2_query_pooling",
-                                                                                        "text_pooling")}).encode())
-    with torch.no_grad():
-        for name, tensor in model.encoder.state_dict().items():
-            flat = tensor.detach().flatten().float()
-            digest.update(f"{name}{tuple(tensor.shape)}{flat.sum().item():.6e}".encode())
-            digest.update(flat[:8].cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def encoder_fingerprint(model, processor) -> str:
+    """A digest of everything the image and text embeddings depend on: the encoder's weights (their bytes), its
+    pooling settings, the image processor's settings and the tokenizer. The Combiner is not part of it, so the
+    fingerprint (and the cached gallery) stays valid while the Combiner trains. Memoised on the model until an
+    encoder tensor changes."""
+    tensors = list(model.encoder.state_dict().values())
+    signature = tuple((id(tensor), tensor._version) for tensor in tensors)
+    memo = getattr(model, "_scot_encoder_fingerprint", None)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
+    digest = hashlib.sha256()
+    config = model.config
+    digest.update(json.dumps([config.encoder_config.model_type, getattr(config, "blip2_query_pooling", None),
+                              getattr(config, "text_pooling", None)]).encode())
+    for name, tensor in model.encoder.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    digest.update(processor.image_processor.to_json_string().encode())
+    tokenizer = processor.tokenizer
+    digest.update(f"{type(tokenizer).__name__}:{len(tokenizer)}:{tokenizer.model_max_length}".encode())
+    fingerprint = digest.hexdigest()
+    model._scot_encoder_fingerprint = (signature, fingerprint)
+    return fingerprint
 
 
 def cache_key(model, processor, dataset, columns: TripletColumns) -> str:
     """Where a dataset's embeddings live: changes with the encoder, the processor, the data and the columns."""
     digest = hashlib.sha256()
     digest.update(f"v{CACHE_FORMAT_VERSION}".encode())
-    digest.update(encoder_fingerprint(model).encode())
-    digest.update(processor.to_json_string().encode() if hasattr(processor, "to_json_string") else b"")
+    digest.update(encoder_fingerprint(model, processor).encode())
     digest.update(str(getattr(dataset, "_fingerprint", None) or len(dataset)).encode())
     digest.update(json.dumps(asdict(columns)).encode())
     return digest.hexdigest()[:20]

@@ -45,6 +45,7 @@ from trainers.benchmarks import (
     format_check_report,
     load_benchmark,
 )
+from trainers.embedding_cache import encoder_fingerprint
 from trainers.metrics import (
     circo_map_at_k,
     cirr_recall,
@@ -94,32 +95,6 @@ def fashioniq_query_texts(captions, protocol: str = "clip4cir") -> list[str]:
 def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
-
-
-def encoder_fingerprint(model, processor) -> str:
-    """A digest of everything the image and text embeddings depend on: the encoder's weights (their bytes), its
-    pooling settings, the image processor's settings and the tokenizer. The Combiner is not part of it, so the
-    fingerprint (and the cached gallery) stays valid while the Combiner trains. Memoised on the model until an
-    encoder tensor changes."""
-    tensors = list(model.encoder.state_dict().values())
-    signature = tuple((id(tensor), tensor._version) for tensor in tensors)
-    memo = getattr(model, "_scot_encoder_fingerprint", None)
-    if memo is not None and memo[0] == signature:
-        return memo[1]
-    digest = hashlib.sha256()
-    config = model.config
-    digest.update(json.dumps([config.encoder_config.model_type, getattr(config, "blip2_query_pooling", None),
-                              getattr(config, "text_pooling", None)]).encode())
-    for name, tensor in model.encoder.state_dict().items():
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    digest.update(processor.image_processor.to_json_string().encode())
-    tokenizer = processor.tokenizer
-    digest.update(f"{type(tokenizer).__name__}:{len(tokenizer)}:{tokenizer.model_max_length}".encode())
-    fingerprint = digest.hexdigest()
-    model._scot_encoder_fingerprint = (signature, fingerprint)
-    return fingerprint
 
 
 def _cache_file(cache_dir: Path, kind: str, key_parts: list) -> Path:

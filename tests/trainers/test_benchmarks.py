@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.trainers.cir_fixtures import FASHIONIQ_MISSING, build_circo, cir_data  # noqa: F401 - fixture
+from tests.trainers.cir_fixtures import FASHIONIQ_MISSING, build_circo
 from trainers.benchmarks import check_benchmark, format_check_report, load_benchmark
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.trainers.cir_fixtures import cir_data, scot_folder  # noqa: F401 - fixtures
 from trainers import evaluate
 from trainers.evaluate import (
     evaluate_benchmark,
