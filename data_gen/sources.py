@@ -1,0 +1,194 @@
+"""Caption sources: where (image, caption) rows come from.
+
+- `DatasetSource`: any `datasets` dataset (a `Dataset` object, a `save_to_disk` folder, a local data folder or a hub
+  id) with an image column and a caption column, names configurable. A caption column holding lists (COCO-style,
+  several captions per image) gives one row per caption.
+- `ImageFolderSource`: a folder of images with a caption next to each (`dog.png` + `dog.txt`), or a
+  `metadata.jsonl` / `metadata.csv` with `file_name` and a caption column (the `imagefolder` convention).
+
+Both expose `rows()` → list of `CaptionRow` (cheap: captions only) and `images(rows)` → `{"bytes", "path"}` each, read
+only when a kept triplet is written, so millions of captions never hold their images in memory.
+"""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+
+from .prompts import RejectionCounter, normalize
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    """One input row. `id` is stable across runs (it is the resume key and the output `id`)."""
+
+    id: str
+    caption: str
+    key: object  # what the source needs to find the image again (row index or file path)
+
+
+class DatasetSource:
+    """Rows of a `datasets` dataset: `image_column` (None for captions without images) and `caption_column`."""
+
+    def __init__(self, dataset, caption_column="caption", image_column="image", split="train", name=None, id_column=None):
+        from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+        described = dataset if isinstance(dataset, str) else type(dataset).__name__
+        if isinstance(dataset, str):
+            saved_marks = ("state.json", "dataset_dict.json")  # what `save_to_disk` writes
+            if os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, mark)) for mark in saved_marks):
+                dataset = load_from_disk(dataset)
+            else:
+                dataset = load_dataset(dataset, split=split)
+        if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"split {split!r} not found in {described}; splits found: {sorted(dataset)}")
+            dataset = dataset[split]
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"expected a datasets.Dataset (or a path / hub id of one), got {type(dataset).__name__}")
+        for role, column in (("caption", caption_column), ("image", image_column), ("id", id_column)):
+            if column is not None and column not in dataset.column_names:
+                raise ValueError(
+                    f"{role} column {column!r} not found in {described}; columns found: {dataset.column_names}. "
+                    f"Pass --{role}_column with one of them."
+                )
+        self.dataset = dataset
+        self._undecoded_dataset = None
+        self.caption_column = caption_column
+        self.image_column = image_column
+        self.id_column = id_column
+        self.name = name or (os.path.basename(os.path.normpath(described)) if isinstance(described, str) else "dataset")
+
+    def rows(self):
+        captions = self.dataset[self.caption_column]
+        ids = self.dataset[self.id_column] if self.id_column else range(len(captions))
+        rows = []
+        for index, (row_id, caption) in enumerate(zip(ids, captions)):
+            if isinstance(caption, (list, tuple)):
+                rows.extend(CaptionRow(f"{self.name}:{row_id}:{j}", text, index) for j, text in enumerate(caption))
+            else:
+                rows.append(CaptionRow(f"{self.name}:{row_id}", caption, index))
+        return rows
+
+    def _undecoded(self):
+        # decode=False hands back the stored bytes/path without decoding and re-encoding the picture.
+        if self._undecoded_dataset is None:
+            from datasets import Image
+
+            self._undecoded_dataset = self.dataset.cast_column(self.image_column, Image(decode=False))
+        return self._undecoded_dataset
+
+    def images(self, rows):
+        """`{"bytes", "path"}` (or None) per row, read in one batch."""
+        if self.image_column is None:
+            return [None] * len(rows)
+        values = self._undecoded().select([row.key for row in rows])[self.image_column]
+        return [_image_value(value) for value in values]
+
+
+def _image_value(value):
+    if value is None:
+        return None
+    if hasattr(value, "save"):  # a PIL image (a dataset whose column is not an Image feature)
+        import io
+
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {"bytes": buffer.getvalue(), "path": None}
+    if isinstance(value, str):
+        value = {"bytes": None, "path": value}
+    if value.get("bytes") is None and value.get("path"):
+        with open(value["path"], "rb") as handle:
+            return {"bytes": handle.read(), "path": os.path.basename(value["path"])}
+    return {"bytes": value["bytes"], "path": os.path.basename(value["path"]) if value.get("path") else None}
+
+
+class ImageFolderSource:
+    """Images under `folder` (recursively) with captions from sidecar files or a metadata file."""
+
+    def __init__(self, folder, caption_extension=".txt", caption_column="caption", name=None):
+        if not os.path.isdir(folder):
+            raise ValueError(f"image folder {folder!r} does not exist or is not a folder")
+        self.folder = folder
+        self.caption_extension = caption_extension
+        self.caption_column = caption_column
+        self.name = name or os.path.basename(os.path.normpath(folder))
+        self.missing_captions = 0
+
+    def _metadata_captions(self):
+        for filename in ("metadata.jsonl", "metadata.csv"):
+            path = os.path.join(self.folder, filename)
+            if not os.path.exists(path):
+                continue
+            with open(path, newline="", encoding="utf-8") as handle:
+                if filename.endswith(".jsonl"):
+                    records = [json.loads(line) for line in handle if line.strip()]
+                else:
+                    records = list(csv.DictReader(handle))
+            if records and (self.caption_column not in records[0] or "file_name" not in records[0]):
+                raise ValueError(
+                    f"{path} needs columns 'file_name' and {self.caption_column!r}; columns found: {sorted(records[0])}"
+                )
+            return {os.path.normpath(record["file_name"]): record[self.caption_column] for record in records}
+        return None
+
+    def rows(self):
+        metadata = self._metadata_captions()
+        images = sorted(
+            os.path.relpath(os.path.join(root, filename), self.folder)
+            for root, _, filenames in os.walk(self.folder)
+            for filename in filenames
+            if filename.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.folder!r}")
+        rows = []
+        for relative_path in images:
+            if metadata is not None:
+                caption = metadata.get(os.path.normpath(relative_path))
+            else:
+                caption_path = os.path.join(self.folder, os.path.splitext(relative_path)[0] + self.caption_extension)
+                caption = open(caption_path, encoding="utf-8").read() if os.path.exists(caption_path) else None
+            if caption is None:
+                self.missing_captions += 1  # reported as a skip reason, never fatal
+                continue
+            rows.append(CaptionRow(f"{self.name}:{relative_path}", caption, relative_path))
+        return rows
+
+    def image(self, row):
+        with open(os.path.join(self.folder, row.key), "rb") as handle:
+            return {"bytes": handle.read(), "path": os.path.basename(row.key)}
+
+    def images(self, rows):
+        return [self.image(row) for row in rows]
+
+
+def clean_rows(rows, max_caption_words=60, duplicates="drop"):
+    """Drop unusable captions, counted: `empty_caption`, `caption_too_long`, `duplicate_caption` (when
+    `duplicates="drop"`: the first image of a caption is kept; an LLM would write the same triplet for the rest)."""
+    if duplicates not in ("drop", "keep"):
+        raise ValueError(f"duplicates must be 'drop' or 'keep', got {duplicates!r}")
+    skipped = RejectionCounter()
+    seen_captions = set()
+    seen_ids = set()
+    kept = []
+    for row in rows:
+        caption = " ".join(str(row.caption or "").split())
+        if not normalize(caption):
+            skipped["empty_caption"] += 1
+            continue
+        if len(caption.split()) > max_caption_words:
+            skipped["caption_too_long"] += 1
+            continue
+        if row.id in seen_ids:
+            raise ValueError(f"row id {row.id!r} appears twice in the source; ids must be unique (see --id_column)")
+        seen_ids.add(row.id)
+        key = normalize(caption)
+        if duplicates == "drop" and key in seen_captions:
+            skipped["duplicate_caption"] += 1
+            continue
+        seen_captions.add(key)
+        kept.append(CaptionRow(row.id, caption, row.key))
+    return kept, skipped
