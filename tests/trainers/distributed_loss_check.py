@@ -5,6 +5,7 @@ averages, equal the single-process loss and gradients on the same global batch. 
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,8 +61,12 @@ def main():
             "max_grad_difference": (combiner_grads(model) - combiner_grads(reference)).abs().max().item(),
             "max_grad": combiner_grads(reference).abs().max().item(),
         }))
+    dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    # leave without interpreter teardown: a gloo worker thread has been seen to keep a finished rank alive at exit
+    os._exit(0)

