@@ -1,6 +1,6 @@
 """The SCOT pipeline end to end on the embedded default, offline: `make demo` runs this.
 
-    python -m demo.run [--output_dir outputs/demo] [--llm_rows 240] [--generator_steps 12]
+    python -m demo.run [--output_dir outputs/demo] [--llm_rows 240] [--generator_steps 40]
 
 1. demo data: captioned images from Debian packages (Tux Paint stamps and their tints, Open Clip Art, Noto emoji);
 2. demo backbone: a `VisionTextDualEncoderModel`, frozen MiniLM text tower + a small vision tower trained here;
@@ -105,9 +105,10 @@ def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows
     from data_gen.generate import GenerationArguments, run_generation
 
     adapter = output_dir / "generator-lora"
-    if not (adapter / "adapter_config.json").exists():
+    if not fresh_folder(adapter, f"steps={generator_steps}") or not (adapter / "adapter_config.json").exists():
         finetune(FinetuneArguments(output_dir=str(adapter), max_steps=generator_steps, per_device_train_batch_size=8,
-                                   logging_steps=2, seed=0))
+                                   logging_steps=5, seed=0))
+        mark_fresh(adapter, f"steps={generator_steps}")
     key = f"{data_key}:{llm_rows}:{generator_steps}"
     for folder in ("generation-input", "triplets-llm", "triplets-templates"):
         if not fresh_folder(output_dir / folder, key):
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scot_model_dir", default="scot-demo", type=Path, help="where the trained model lands")
     parser.add_argument("--triplets_dir", default="scot-triplets", type=Path, help="where the triplets land")
     parser.add_argument("--llm_rows", type=int, default=240, help="captions the LLM writes triplets for")
-    parser.add_argument("--generator_steps", type=int, default=12, help="LoRA steps on the seed triplets")
+    parser.add_argument("--generator_steps", type=int, default=40, help="LoRA steps on the seed triplets")
     parser.add_argument("--scot_epochs", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
