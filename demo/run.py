@@ -165,7 +165,7 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, loss_ty
     return run_dir
 
 
-def evaluate_all(backbone_dir: Path, scot_dir: Path, infonce_dir: Path, benchmark_dir: Path) -> dict:
+def evaluate_all(scot_dir: Path, infonce_dir: Path, benchmark_dir: Path) -> dict:
     from modeling_scot import ScotModel, ScotProcessor
     from trainers.evaluate import evaluate_benchmark
 
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     from demo.report import metrics_table, retrieval_grid
     from modeling_scot import ScotModel, ScotProcessor
 
-    metrics = evaluate_all(output_dir / "backbone", scot_dir, infonce_dir, benchmark_dir)
+    metrics = evaluate_all(scot_dir, infonce_dir, benchmark_dir)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     model, processor = ScotModel.from_pretrained(scot_dir), ScotProcessor.from_pretrained(scot_dir)
     grid = retrieval_grid(model, processor, benchmark_dir, output_dir / "retrieval_grid.png")
