@@ -412,10 +412,15 @@ class ScotModel(ScotPreTrainedModel):
         dtype = self.combiner.fusion[0].weight.dtype
         return self.combiner(image_embeds.to(dtype), text_embeds.to(dtype))
 
-    def compose(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    def compose(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, return_text_weight: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         r"""V_c = f_c(V, T_m): L2-normalised composed embeddings `[batch, embed_dim]` from reference image embeddings
-        and modification text embeddings (both as returned by `get_image_features` / `get_text_features`)."""
-        return self._combine(image_embeds, text_embeds)[0]
+        and modification text embeddings (both as returned by `get_image_features` / `get_text_features`).
+        With `return_text_weight=True`, also the Combiner's weight λ `[batch, 1]` on the text embedding (1 − λ on
+        the image), which search front ends show to explain a result."""
+        composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
+        return (composed_embeds, text_weight) if return_text_weight else composed_embeds
 
     def forward(
         self,

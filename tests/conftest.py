@@ -19,3 +19,14 @@ def backbone_folders(tmp_path_factory):
 def backbone(request, backbone_folders):
     """(family name, folder) for each supported backbone family."""
     return request.param, backbone_folders[request.param]
+
+
+@pytest.fixture(scope="session")
+def scot_folder(tmp_path_factory, backbone_folders):
+    """A saved SCOT model (tiny random CLIP + untrained Combiner) with its processor: what `--model` takes."""
+    from modeling_scot import ScotModel, ScotProcessor
+
+    folder = tmp_path_factory.mktemp("scot_model") / "scot-tiny-clip"
+    ScotModel.from_backbone(backbone_folders["clip"]).save_pretrained(folder)
+    ScotProcessor.from_backbone(backbone_folders["clip"]).save_pretrained(folder)
+    return folder

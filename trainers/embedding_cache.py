@@ -56,7 +56,7 @@ class TripletColumns:
             )
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
     temporary = path.with_suffix(".tmp")
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(temporary))
     os.replace(temporary, path)
@@ -112,7 +112,7 @@ def _image_identity(value) -> str:
                      "a path or a PIL image.")
 
 
-def _open_image(value):
+def open_image(value):
     """Decode one image cell to PIL, or return None if it cannot be read (counted, never fatal)."""
     from PIL import Image
 
@@ -181,7 +181,7 @@ class EmbeddingCache:
         return _build(model, processor, dataset, columns, folder, batch_size, chunk_size, show_progress)
 
 
-def _encode_chunks(kind, items, encode_batch, folder: Path, batch_size, chunk_size, show_progress):
+def encode_in_chunks(kind, items, encode_batch, folder: Path, batch_size, chunk_size, show_progress):
     """Encode `items` in chunks of `chunk_size`, each saved as `{kind}-{k:05d}.safetensors`; existing chunks are kept."""
     names = []
     progress = tqdm(total=len(items), desc=f"encoding {kind}", unit=kind, disable=not show_progress)
@@ -197,7 +197,7 @@ def _encode_chunks(kind, items, encode_batch, folder: Path, batch_size, chunk_si
             for key, value in encode_batch(chunk[batch_start : batch_start + batch_size]).items():
                 outputs.setdefault(key, []).append(value)
             progress.update(min(batch_size, len(chunk) - batch_start))
-        _atomic_save({key: torch.cat(values) for key, values in outputs.items()}, folder / name)
+        atomic_save_file({key: torch.cat(values) for key, values in outputs.items()}, folder / name)
     progress.close()
     return names
 
@@ -242,7 +242,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
         row_image_indices.append(image_index[identity])
 
     def encode_images(values):
-        images = [_open_image(value) for value in values]
+        images = [open_image(value) for value in values]
         readable = torch.tensor([image is not None for image in images])
         embeds = torch.zeros(len(values), embed_dim)
         if readable.any():
@@ -254,9 +254,9 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
         tokens = processor(text=list(texts), return_tensors="pt").to(device)
         return {"embeds": model.get_text_features(**tokens).float().cpu()}
 
-    image_chunks = _encode_chunks("images", distinct_images, encode_images, folder, batch_size, chunk_size, show_progress)
+    image_chunks = encode_in_chunks("images", distinct_images, encode_images, folder, batch_size, chunk_size, show_progress)
     texts = list(text_index)
-    text_chunks = _encode_chunks("texts", texts, encode_texts, folder, batch_size, chunk_size, show_progress)
+    text_chunks = encode_in_chunks("texts", texts, encode_texts, folder, batch_size, chunk_size, show_progress)
 
     readable = torch.cat([load_file(str(folder / name))["readable"] for name in image_chunks]) if image_chunks else None
     keep = torch.tensor(row_has_text, dtype=torch.bool)
@@ -271,7 +271,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
         "caption": torch.tensor(row_text_indices[columns.caption], dtype=torch.long)[keep],
         "dataset_row": torch.arange(len(dataset))[keep],
     }
-    _atomic_save(rows, folder / "rows.safetensors")
+    atomic_save_file(rows, folder / "rows.safetensors")
     manifest = {
         "format_version": CACHE_FORMAT_VERSION,
         "embed_dim": embed_dim,

@@ -17,7 +17,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from modeling_scot import compute_scot_loss
 
-from .embedding_cache import TripletColumns, _open_image
+from .embedding_cache import TripletColumns, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RawTripletCollator:
         kept = []
         for row in rows:
             texts = [row.get(name) for name in columns.text_columns]
-            image = _open_image(row[columns.image]) if row.get(columns.image) is not None else None
+            image = open_image(row[columns.image]) if row.get(columns.image) is not None else None
             if image is None or not all(isinstance(t, str) and t.strip() for t in texts):
                 self.skipped += 1
                 continue

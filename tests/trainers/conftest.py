@@ -12,14 +12,3 @@ def cir_data(tmp_path_factory) -> dict[str, Path]:
     """{"fashioniq": folder, "cirr": folder, "circo": folder}, built once per test module."""
     root = tmp_path_factory.mktemp("cir_benchmarks")
     return {"fashioniq": build_fashioniq(root), "cirr": build_cirr(root), "circo": build_circo(root)}
-
-
-@pytest.fixture(scope="module")
-def scot_folder(tmp_path_factory, backbone_folders) -> Path:
-    """A saved SCOT model (tiny random CLIP + untrained Combiner) with its processor: what `--model` takes."""
-    from modeling_scot import ScotModel, ScotProcessor
-
-    folder = tmp_path_factory.mktemp("scot_model") / "scot-tiny-clip"
-    ScotModel.from_backbone(backbone_folders["clip"]).save_pretrained(folder)
-    ScotProcessor.from_backbone(backbone_folders["clip"]).save_pretrained(folder)
-    return folder

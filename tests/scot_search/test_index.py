@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_scot import ScotModel, ScotProcessor
+from scot_search import GalleryIndex, build_gallery_index, list_dataset_images, list_image_folder
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(scot_folder):
+    return ScotModel.from_pretrained(scot_folder).eval(), ScotProcessor.from_pretrained(scot_folder)
+
+
+def encode(model, processor, paths) -> np.ndarray:
+    images = [Image.open(path).convert("RGB") for path in paths]
+    with torch.no_grad():
+        return model.get_image_features(processor(images=images, return_tensors="pt")["pixel_values"]).numpy()
+
+
+def test_folder_listing_skips_hidden_and_counts_other_files(gallery_folder, tmp_path):
+    items, ignored = list_image_folder(gallery_folder)
+    assert len(items) == 13 and ignored == 1  # 12 drawings + broken.png; notes.txt ignored
+    assert [item.id for item in items] == sorted(item.id for item in items)
+    assert "round/circle-red.png" in {item.id for item in items}
+    with pytest.raises(NotADirectoryError, match="does not exist"):
+        list_image_folder(tmp_path / "missing")
+
+
+def test_index_holds_the_models_embeddings_and_skips_unreadable_files(gallery_index, gallery_folder,
+                                                                        model_and_processor):
+    index = GalleryIndex.load(gallery_index)
+    assert len(index) == 12 and index.index_type == "flat"
+    assert index.metadata["skipped"] == {"unreadable_image": 1, "not_an_image_file": 1}
+    assert index.metadata["unreadable_images"] == ["broken.png"]
+    assert not (gallery_index / "chunks").exists()  # the resume state is removed once the index is complete
+    expected = encode(*model_and_processor, [gallery_folder / item_id for item_id in index.ids])
+    np.testing.assert_allclose(index.embeds, expected, atol=1e-5)
+    assert index.paths[0] == str((gallery_folder / index.ids[0]).resolve())
+    # an image-only query with a gallery image finds that image first, at cosine 1
+    scores, positions = index.search(expected[3:4], k=3)
+    assert positions[0, 0] == 3 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_flat_search_equals_brute_force_ranking():
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((500, 16)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    index = GalleryIndex(gallery, [str(i) for i in range(500)])
+    scores, positions = index.search(torch.from_numpy(queries), k=20)
+    expected = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(positions, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ gallery.T, expected, axis=1), atol=1e-5)
+    assert index.search(queries[0], k=10_000)[1].shape == (1, 500)  # k beyond the gallery: the whole gallery
+
+
+@pytest.mark.parametrize("index_type, options", [("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {"hnsw_m": 16})])
+def test_approximate_indexes_find_most_exact_neighbours_and_round_trip(tmp_path, index_type, options):
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((20, 32))
+    gallery = (centres[rng.integers(0, 20, 4000)] + 0.3 * rng.standard_normal((4000, 32))).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[:50] + 0.05 * rng.standard_normal((50, 32)).astype(np.float32)
+    exact = GalleryIndex(gallery, [str(i) for i in range(4000)]).search(queries, 10)[1]
+    index = GalleryIndex(gallery, [str(i) for i in range(4000)], index_type=index_type, **options)
+    found = index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert recall >= 0.9, recall
+    index.save(tmp_path / "index")
+    assert (tmp_path / "index" / "index.faiss").is_file()
+    reloaded = GalleryIndex.load(tmp_path / "index")
+    assert reloaded.index_type == index_type and reloaded.index_options == index.index_options
+    np.testing.assert_array_equal(reloaded.search(queries, 10)[1], found)
+
+
+def test_interrupted_encoding_resumes_at_the_first_missing_chunk(gallery_folder, model_and_processor, tmp_path,
+                                                                 monkeypatch):
+    model, processor = model_and_processor
+    items, _ = list_image_folder(gallery_folder)
+    straight = build_gallery_index(model, processor, items, tmp_path / "straight", chunk_size=4, batch_size=2,
+                                   show_progress=False)
+
+    original = type(model).get_image_features
+    calls = {"count": 0}
+
+    def failing_after_two_chunks(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 4:  # 2 batches per chunk: chunks 0 and 1 are saved, then the "crash"
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "get_image_features", failing_after_two_chunks)
+    with pytest.raises(KeyboardInterrupt):
+        build_gallery_index(model, processor, items, tmp_path / "resumed", chunk_size=4, batch_size=2,
+                            show_progress=False)
+    assert sorted(path.name for path in (tmp_path / "resumed" / "chunks").glob("*.safetensors")) == [
+        "images-00000.safetensors", "images-00001.safetensors"]
+    with pytest.raises(FileNotFoundError, match="interrupted"):
+        GalleryIndex.load(tmp_path / "resumed")
+
+    calls["count"] = -10_000  # no more crashes; count what the rerun encodes
+    resumed = build_gallery_index(model, processor, items, tmp_path / "resumed", chunk_size=4, batch_size=2,
+                                  show_progress=False)
+    assert calls["count"] + 10_000 == 3  # 13 images = chunks of 4, 4, 4, 1: only chunks 2 and 3 (3 batches) re-run
+    assert resumed.ids == straight.ids
+    np.testing.assert_allclose(resumed.embeds, straight.embeds, atol=1e-6)
+
+
+def test_changed_image_list_starts_over(gallery_folder, model_and_processor, tmp_path, caplog):
+    model, processor = model_and_processor
+    items, _ = list_image_folder(gallery_folder)
+    chunks = tmp_path / "index" / "chunks"
+    chunks.mkdir(parents=True)
+    (chunks / "plan.json").write_text(json.dumps({"digest": "another gallery", "num_images": 3}))
+    (chunks / "images-00000.safetensors").write_bytes(b"stale")
+    index = build_gallery_index(model, processor, items[:5], tmp_path / "index", show_progress=False)
+    assert "encoding from the start" in caplog.text
+    assert index.ids == [item.id for item in items[:5] if item.id != "broken.png"]
+
+
+def test_dataset_gallery_with_id_column(model_and_processor, tmp_path, gallery_folder):
+    from datasets import Dataset, Image as ImageFeature
+
+    model, processor = model_and_processor
+    paths = sorted(str(path) for path in gallery_folder.rglob("*-red.png"))
+    cells = [{"bytes": open(path, "rb").read(), "path": None} for path in paths] + [{"bytes": b"junk", "path": None}]
+    dataset = Dataset.from_dict({"picture": cells, "sku": [f"sku-{i}" for i in range(len(cells))]})
+    dataset = dataset.cast_column("picture", ImageFeature())
+    items = list_dataset_images(dataset, image_column="picture", id_column="sku")
+    index = build_gallery_index(model, processor, items, tmp_path / "index", show_progress=False)
+    assert index.ids == [f"sku-{i}" for i in range(len(paths))]
+    assert index.metadata["skipped"]["unreadable_image"] == 1
+    np.testing.assert_allclose(index.embeds, encode(model, processor, paths), atol=1e-5)
+    with pytest.raises(ValueError, match="lacks column"):
+        list_dataset_images(dataset, image_column="image")
+
+
+def test_bad_input_is_named(model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    with pytest.raises(ValueError, match="gallery is empty"):
+        build_gallery_index(model, processor, [], tmp_path / "empty")
+    with pytest.raises(ValueError, match="do not apply to a 'flat' index"):
+        GalleryIndex(np.eye(3, dtype=np.float32), ["a", "b", "c"], nprobe=4)
+    with pytest.raises(ValueError, match="index_type must be one of"):
+        GalleryIndex(np.eye(3, dtype=np.float32), ["a", "b", "c"], index_type="lsh")
+    index = GalleryIndex(np.eye(3, dtype=np.float32), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"queries must be \[Q, 3\]"):
+        index.search(np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(np.zeros((1, 3), np.float32), k=0)
+    with pytest.raises(FileNotFoundError, match="not a complete gallery index"):
+        GalleryIndex.load(tmp_path)
