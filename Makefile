@@ -11,8 +11,10 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
 # Debian packages holding the demo's captioned images (Tux Paint stamps, Open Clip Art, Noto emoji + Unicode names)
 DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fonts-noto-color-emoji unicode-data
+# The web demo's browser test drives Debian's Chromium through its WebDriver
+BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages quickstart test bench clean
+.PHONY: demo demo-packages browser-packages apt-install web-demo quickstart test bench clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,17 +30,29 @@ demo: $(STAMP) demo-packages
 	$(BIN)/python -m demo.run
 
 demo-packages:
-	@missing=$$(for package in $(DEMO_APT_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
+	@$(MAKE) --no-print-directory apt-install APT_PACKAGES="$(DEMO_APT_PACKAGES)" WHY="the demo's images come from"
+
+browser-packages:
+	@$(MAKE) --no-print-directory apt-install APT_PACKAGES="$(BROWSER_APT_PACKAGES)" WHY="the web demo's browser test needs"
+
+# install the Debian packages APT_PACKAGES that are missing (as root), or say how
+apt-install:
+	@missing=$$(for package in $(APT_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "installing the demo's Debian packages: $$missing"; \
+			echo "installing Debian packages: $$missing"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 		else \
-			echo "The demo's images come from Debian packages that are not installed. Run:"; \
+			echo "$(WHY) Debian packages that are not installed. Run:"; \
 			echo "    sudo apt-get install --no-install-recommends $$missing"; \
 			exit 1; \
 		fi; \
 	fi
+
+# the Gradio demo on the model and gallery of `make demo` (http://127.0.0.1:7860)
+web-demo: $(STAMP)
+	test -d scot-demo || $(MAKE) demo
+	$(BIN)/scot-search web
 
 quickstart: $(STAMP)
 	$(BIN)/python scripts/quickstart.py --output_dir outputs/quickstart

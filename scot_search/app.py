@@ -167,12 +167,12 @@ def launch_app(app, searcher, *, host="127.0.0.1", port=7860, max_upload_mb=DEFA
 
 
 def example_images(index, count: int) -> list[str]:
-    """`count` gallery images spread over the gallery (every n-th), as reference suggestions."""
+    """`count` gallery images spread evenly over the (sorted) gallery, as reference suggestions."""
     paths = [path for path in index.paths if path]
     if not paths or count <= 0:
         return []
-    step = max(1, len(paths) // count)
-    return paths[::step][:count]
+    positions = sorted({round(i * (len(paths) - 1) / max(count - 1, 1)) for i in range(min(count, len(paths)))})
+    return [paths[position] for position in positions]
 
 
 def run_app(args) -> None:

@@ -1,0 +1,140 @@
+"""The Gradio web demo, end to end in headless Chromium (Debian's `chromium` + `chromium-driver`, driven by selenium):
+upload a reference image, type the change, submit, and check what the page shows — results or a clear message."""
+
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scot_search.app import build_app, check_reference_image, example_images, launch_app
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+# CI installs the browser (.ci/run); elsewhere the browser tests skip with the reason rather than fail
+needs_browser = pytest.mark.skipif(
+    (CHROMIUM is None or CHROMEDRIVER is None) and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (make browser-packages)",
+)
+
+MAX_PIXELS = 200_000
+MAX_UPLOAD_MB = 0.2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def searcher(gallery_index):
+    from scot_search import GallerySearcher
+
+    return GallerySearcher.from_pretrained(gallery_index)
+
+
+@pytest.fixture(scope="module")
+def app_url(searcher):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_app(searcher, max_pixels=MAX_PIXELS, examples=example_images(searcher.index, 4))
+    port = free_port()
+    launch_app(app, searcher, port=port, max_upload_mb=MAX_UPLOAD_MB, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # a given driver: nothing downloaded
+    yield driver
+    driver.quit()
+
+
+def submit(browser, url, image_path, text):
+    """Load the page fresh, upload `image_path`, type `text`, press Search; returns a WebDriverWait."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    wait = WebDriverWait(browser, 60)
+    upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-image input[type=file]")))
+    upload.send_keys(str(image_path))
+    # the upload is done when the preview image shows (or Gradio reports a refused upload)
+    wait.until(lambda page: page.find_elements(By.CSS_SELECTOR, "#reference-image img") or toast_text(page))
+    box = browser.find_element(By.CSS_SELECTOR, "#change-text textarea, #change-text input")
+    box.clear()
+    box.send_keys(text)
+    browser.find_element(By.CSS_SELECTOR, "#search-button").click()
+    return wait
+
+
+def toast_text(browser) -> str:
+    from selenium.webdriver.common.by import By
+
+    return " ".join(element.text for element in browser.find_elements(By.CSS_SELECTOR, ".toast-wrap")).strip()
+
+
+def wait_for_message(browser, wait) -> str:
+    wait.until(lambda page: toast_text(page))
+    return toast_text(browser)
+
+
+@needs_browser
+def test_search_renders_results_and_lambda(browser, app_url, gallery_folder, searcher):
+    from selenium.webdriver.common.by import By
+
+    reference = gallery_folder / "round" / "circle-red.png"
+    wait = submit(browser, app_url, reference, "make it blue")
+    wait.until(lambda page: len(page.find_elements(By.CSS_SELECTOR, "#result-gallery img")) >= 10)
+    wait.until(lambda page: "λ" in page.find_element(By.CSS_SELECTOR, "#result-summary").text)
+
+    expected = searcher.query(image=reference, text="make it blue", k=10)
+    summary = browser.find_element(By.CSS_SELECTOR, "#result-summary").text
+    assert f"text λ = {expected.text_weight:.2f}" in summary and "top 10 of 12" in summary
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result-gallery img")) == 10
+    table = browser.find_element(By.CSS_SELECTOR, "#result-table").text
+    assert expected.hits[0].id in table and f"{expected.hits[0].score:.4f}".rstrip("0") in table
+    # the result thumbnails are served by the app (the gallery folder is the only one it may read)
+    sources = [image.get_attribute("src") for image in browser.find_elements(By.CSS_SELECTOR, "#result-gallery img")]
+    assert all(source.startswith(app_url) for source in sources)
+    assert toast_text(browser) == ""
+
+
+@needs_browser
+def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, gallery_folder, tmp_path):
+    cases = []
+    cases.append((gallery_folder / "round" / "circle-red.png", "   ", "Type the change"))
+    cases.append((gallery_folder / "broken.png", "in blue", "not an image this demo can read"))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (600, 600), "white").save(big)  # 0.36 MP, small file: over the pixel limit only
+    cases.append((big, "in blue", "megapixels"))
+    noisy = tmp_path / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(noisy)
+    assert noisy.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024  # over the byte limit (and under the pixel limit)
+    cases.append((noisy, "in blue", "exceed the maximum allowed size"))
+    for image, text, message in cases:
+        wait = submit(browser, app_url, image, text)
+        shown = wait_for_message(browser, wait)
+        assert message in shown, (image.name, shown)
+        assert "Traceback" not in browser.page_source
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("L", (2000, 1000)).save(path)
+    with pytest.raises(ValueError, match="2000×1000 = 2.0 megapixels"):
+        check_reference_image(path, max_pixels=1_000_000)
+    assert check_reference_image(path, max_pixels=2_000_000).size == (2000, 1000)

@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from scot_search.cli import main
+
+
+def test_query_prints_a_table_and_json(gallery_index, gallery_folder, capsys):
+    reference = str(gallery_folder / "round" / "circle-red.png")
+    assert main(["query", "--index", str(gallery_index), "--image", reference, "--text", "in green", "-k", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("composed query: text weight λ = ")
+    assert lines[1].split() == ["rank", "score", "id"]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3", "4"]
+
+    assert main(["query", "--index", str(gallery_index), "--image", reference, "--text", "in green", "-k", "4",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "composed" and 0 < result["text_weight"] < 1
+    assert [hit["rank"] for hit in result["hits"]] == [1, 2, 3, 4]
+    assert [hit["id"] for hit in result["hits"]] == [line.split()[2] for line in lines[2:]]
+    assert all(Path(hit["path"]).is_file() for hit in result["hits"])
+
+    assert main(["query", "--index", str(gallery_index), "--text", "a blue bar", "-k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "text"
+
+
+def test_index_reports_counts(gallery_folder, scot_folder, tmp_path, capsys):
+    output = tmp_path / "hnsw-index"
+    assert main(["index", str(gallery_folder), "--model", str(scot_folder), "--output", str(output),
+                 "--index_type", "hnsw", "--ef_search", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "indexed 12 images" in out and "skipped 1 unreadable" in out and "ignored 1 non-image" in out
+    description = json.loads((output / "index.json").read_text())
+    assert description["index_type"] == "hnsw" and description["index_options"]["ef_search"] == 64
+    assert description["model_name_or_path"] == str(Path(scot_folder).resolve())
+
+
+def test_errors_are_one_line_and_exit_2(gallery_index, gallery_folder, tmp_path, capsys):
+    reference = str(gallery_folder / "round" / "circle-red.png")
+    cases = [
+        (["query", "--index", str(gallery_index), "--image", reference, "--text", " "], "text is empty"),
+        (["query", "--index", str(gallery_index), "--image", str(tmp_path / "nope.png")], "does not exist"),
+        (["query", "--index", str(gallery_index)], "give --image, --text or both"),
+        (["query", "--index", str(tmp_path), "--text", "x"], "not a complete gallery index"),
+        (["index", str(tmp_path / "missing"), "--output", str(tmp_path / "i")], "does not exist"),
+        (["index", str(gallery_folder), "--output", str(tmp_path / "i"), "--nprobe", "3"], "do not apply"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("scot-search")
+    completed = subprocess.run([str(script), "query", "--help"], capture_output=True, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "--image" in completed.stdout and "--json" in completed.stdout

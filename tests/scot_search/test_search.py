@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scot_search import GallerySearcher
+
+
+@pytest.fixture(scope="module")
+def searcher(gallery_index):
+    return GallerySearcher.from_pretrained(gallery_index)
+
+
+def test_composed_query_ranks_by_the_composed_embedding(searcher, gallery_folder):
+    reference = gallery_folder / "round" / "circle-red.png"
+    result = searcher.query(image=str(reference), text="make it blue", k=5)
+
+    model, processor = searcher.model, searcher.processor
+    with torch.no_grad():
+        inputs = processor(images=[Image.open(reference)], text=["make it blue"], return_tensors="pt")
+        outputs = model(**inputs)
+    scores = searcher.index.embeds @ outputs.composed_embeds[0].numpy()
+    expected = np.argsort(-scores, kind="stable")[:5]
+    assert result.mode == "composed"
+    assert [hit.id for hit in result.hits] == [searcher.index.ids[i] for i in expected]
+    np.testing.assert_allclose([hit.score for hit in result.hits], scores[expected], atol=1e-5)
+    assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
+    assert result.text_weight == pytest.approx(float(outputs.text_weight[0, 0]), abs=1e-6)
+    assert 0 < result.text_weight < 1
+
+
+def test_image_only_and_text_only_queries(searcher, gallery_folder):
+    image_result = searcher.query(image=gallery_folder / "angular" / "square-green.png", k=3)
+    assert image_result.mode == "image" and image_result.text_weight is None
+    assert image_result.hits[0].id == "angular/square-green.png"
+    assert image_result.hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+    text_result = searcher.query(text="a green square", k=4)
+    with torch.no_grad():
+        tokens = searcher.processor(text=["a green square"], return_tensors="pt")
+        text_embeds = searcher.model.get_text_features(**tokens)[0].numpy()
+    expected = np.argsort(-(searcher.index.embeds @ text_embeds), kind="stable")[:4]
+    assert text_result.mode == "text"
+    assert [hit.id for hit in text_result.hits] == [searcher.index.ids[i] for i in expected]
+
+
+def test_bad_queries_get_clear_errors(searcher, gallery_folder, tmp_path):
+    with pytest.raises(ValueError, match="text is empty"):
+        searcher.query(image=gallery_folder / "round" / "circle-red.png", text="   ")
+    with pytest.raises(ValueError, match="reference image, a text, or both"):
+        searcher.query()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        searcher.query(image=tmp_path / "missing.png", text="in blue")
+    with pytest.raises(ValueError, match="could not be read as an image"):
+        searcher.query(image=gallery_folder / "broken.png", text="in blue")
+
+
+def test_index_of_another_encoder_is_refused(gallery_index, scot_folder):
+    from modeling_scot import ScotModel, ScotProcessor
+    from scot_search import GalleryIndex
+
+    model = ScotModel.from_pretrained(scot_folder)
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.01)  # another encoder, same shapes
+    with pytest.raises(ValueError, match="different encoder"):
+        GallerySearcher(model, ScotProcessor.from_pretrained(scot_folder), GalleryIndex.load(gallery_index))
