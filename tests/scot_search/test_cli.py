@@ -60,3 +60,19 @@ def test_console_script_is_installed():
                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "--image" in completed.stdout and "--json" in completed.stdout
+
+
+def test_index_a_datasets_dataset(gallery_folder, scot_folder, tmp_path, capsys):
+    from datasets import Dataset, Image as ImageFeature
+
+    paths = sorted(str(path) for path in gallery_folder.rglob("*-green.png"))
+    dataset = Dataset.from_dict({"image": paths, "name": [Path(path).stem for path in paths]})
+    (tmp_path / "green-shapes" / "data").mkdir(parents=True)
+    dataset.cast_column("image", ImageFeature()).to_parquet(tmp_path / "green-shapes" / "data" / "train.parquet")
+
+    output = tmp_path / "dataset-index"
+    assert main(["index", str(tmp_path / "green-shapes"), "--dataset", "--id_column", "name", "--model",
+                 str(scot_folder), "--output", str(output)]) == 0
+    assert f"indexed {len(paths)} images" in capsys.readouterr().out
+    assert main(["query", "--index", str(output), "--image", paths[0], "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == Path(paths[0]).stem
