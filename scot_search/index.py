@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "ivf", "hnsw")
+# below this many queries, exact search scans the gallery once per query (one thread); from it on, by matrix product
+SMALL_BATCH = 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -159,7 +161,21 @@ class GalleryIndex:
         k = min(k, len(self))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return self.faiss_index.search(queries, k)
+        if self.index_type != "flat":
+            return self.faiss_index.search(queries, k)
+        faiss = _require_faiss()
+        # Two faiss defaults cost a lot on exact search (bench/bench_search.py, 2-core CPU): the matrix-product path is
+        # only taken from queries·d ≥ 128000 (500 queries at d=256), yet it is 4-10× faster from ~20 queries; and one
+        # query is scanned 2-6× faster by one OpenMP thread than by all of them. Results are identical either way.
+        faiss.cvar.distance_compute_blas_threshold = SMALL_BATCH * self.embed_dim
+        if len(queries) >= SMALL_BATCH:
+            return self.faiss_index.search(queries, k)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.faiss_index.search(queries, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
