@@ -86,93 +86,17 @@ def remove_stale_temporaries(output_dir):
 # ---------------------------------------------------------------------------------------------------------------
 # Dataset card
 
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ pretty_name }}
-
-Composed image retrieval triplets for SCOT-style (zero-shot composed image retrieval) training: for each captioned
-image, a **modification** text and the **modified caption** of the image after the change, written by
-`{{ generator }}` from the image's caption.
-
-```python
-from datasets import load_dataset
-
-triplets = load_dataset("{{ repo_or_folder }}", split="train")
-```
-
-## Columns
-
-| column | type | what it holds |
-|---|---|---|
-| `id` | string | `<source>:<row>`: stable id of the input row (and of the image) |
-| `image` | image | the reference image, embedded{% if not images_embedded %} (empty here: the sources' images are not redistributed; find them by `id` and `source`){% endif %} |
-| `caption` | string | the original caption |
-| `modification` | string | the requested change ("make the dog a cat") |
-| `modified_caption` | string | the caption after the change ("a cat running on the beach") |
-| `source` | string | the caption source the row comes from |
-| `generator` | string | the model (or `templates`) that wrote the row |
-
-## Statistics
-
-- Input rows read: {{ input_rows }}; rows sent to the generator: {{ generated_rows }}; triplets kept: **{{ kept_rows }}** ({{ acceptance }} of rows sent).
-- Triplets per generator: {% for name, count in per_generator.items() %}`{{ name }}`: {{ count }}{% if not loop.last %}, {% endif %}{% endfor %}.
-
-Skipped input rows (`empty_caption`, `caption_too_long`, `duplicate_caption`, `missing_caption`) and rejected
-generations, by reason (`templates_*`: the rule-based fallback found no rule or its triplet was filtered out):
-
-| reason | count |
-|---|---|
-{% for reason, count in rejections.items() -%}
-| `{{ reason }}` | {{ count }} |
-{% endfor %}
-## Generation
-
-- Generator: `{{ generator }}`{% if adapter %} with LoRA adapter `{{ adapter }}`{% endif %}; engine `{{ engine }}`; decoding: {{ decoding }}; seed {{ seed }}.
-- Prompt style: `{{ prompt_style }}` ({{ num_shots }} in-prompt examples). Fallback for rejected answers: `{{ fallback }}`.
-- Filters: empty, same as the original caption, modification copying a caption, too long, non-text, modification not reflected in the modified caption.
-
-The first prompt sent (rendered):
-
-```text
-{{ example_prompt }}
-```
-
-## Sources and license
-
-{% for source in sources -%}
-- `{{ source.name }}`: license `{{ source.license }}`
-{% endfor %}
-The captions and images keep the licenses of their sources; the generated texts are released under `{{ license }}`.
-"""
-
 
 def write_card(output_dir, stats, repo_or_folder=None):
-    """Render README.md (YAML `configs`/features so `load_dataset(folder)` needs nothing else) from real statistics."""
-    from huggingface_hub import DatasetCard, DatasetCardData
+    """Render README.md from real statistics with `hub_cards.render_dataset_card`: its YAML `configs` and features
+    are what `load_dataset(output_dir)` reads, so the folder needs nothing else."""
+    from hub_cards import render_dataset_card
 
-    kept_rows = stats["kept_rows"]
-    card_data = DatasetCardData(
-        license=stats.get("license", "other"),
-        pretty_name=stats.get("pretty_name", "SCOT triplets"),
-        task_categories=["image-to-image", "text-to-image"],
-        tags=["composed-image-retrieval", "scot", "synthetic"],
-        size_categories=[_size_category(kept_rows)],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
-        dataset_info={
-            "features": [_feature_yaml(name, feature) for name, feature in FEATURES.items()],
-            "splits": [{"name": "train", "num_examples": kept_rows, "num_bytes": _parquet_bytes(output_dir)}],
-        },
-    )
-    generated = stats["generated_rows"]
-    template_values = {key: value for key, value in stats.items() if key not in ("license", "pretty_name")}
-    card = DatasetCard.from_template(
-        card_data,
-        template_str=CARD_TEMPLATE,
+    card = render_dataset_card(
+        stats,
+        features=[_feature_yaml(name, feature) for name, feature in FEATURES.items()],
+        num_bytes=_parquet_bytes(output_dir),
         repo_or_folder=repo_or_folder or os.path.basename(os.path.normpath(output_dir)),
-        acceptance=f"{kept_rows / generated:.1%}" if generated else "n/a",
-        **template_values,
     )
     card.save(os.path.join(output_dir, "README.md"))
     return card
@@ -184,13 +108,6 @@ def _parquet_bytes(output_dir):
 
 def _feature_yaml(name, feature):
     return {"name": name, "dtype": "image" if isinstance(feature, Image) else feature.dtype}
-
-
-def _size_category(rows):
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if rows < limit:
-            return label
-    return "1M<n<10M"
 
 
 def merge_stats(states):

@@ -50,6 +50,8 @@ def _add_query_parser(subparsers) -> None:
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--model", default=None, help="model folder (default: the one the index was built with)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--keep_reference", action="store_true",
+                        help="keep gallery copies of the reference image in the results (left out by default)")
     parser.add_argument("--nprobe", type=int, default=None, help="ivf: lists searched (overrides the index's)")
     parser.add_argument("--ef_search", type=int, default=None, help="hnsw: search breadth (overrides the index's)")
     parser.add_argument("--device", default=None)
@@ -119,7 +121,7 @@ def run_query(args):
         raise ValueError("give --image, --text or both")
     options = {name: value for name, value in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if value}
     searcher = GallerySearcher.from_pretrained(args.index, args.model, device=_device(args.device), **options)
-    result = searcher.query(image=args.image, text=args.text, k=args.k)
+    result = searcher.query(image=args.image, text=args.text, k=args.k, exclude_reference=not args.keep_reference)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return result
 

@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 # Defaults of the web demo and the CLI: what `make demo` writes
 DEFAULT_MODEL = "scot-demo"
+# A gallery image this close to the reference is the reference itself (or a byte-different copy of it)
+SAME_IMAGE_COSINE = 0.9999
+# extra results fetched so that removing copies of the reference still leaves k
+REFERENCE_COPIES = 8
 
 
 @dataclass
@@ -91,8 +95,11 @@ class GallerySearcher:
         return cls(model, processor, index)
 
     @torch.no_grad()
-    def query(self, image=None, text: str | None = None, k: int = 10) -> SearchResult:
-        """Top-`k` gallery images for a reference image and/or a modification text (at least one of them)."""
+    def query(self, image=None, text: str | None = None, k: int = 10, exclude_reference: bool = True) -> SearchResult:
+        """Top-`k` gallery images for a reference image and/or a modification text (at least one of them).
+
+        With `exclude_reference` (default), gallery images identical to the reference (image embeddings at cosine
+        ≥ 0.9999) are left out, as CIRR's protocol does: "this, but in blue" is never answered by "this"."""
         if text is not None and not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}.")
         if text is not None and not text.strip():
@@ -113,7 +120,15 @@ class GallerySearcher:
         else:
             query_embeds = image_embeds if image_embeds is not None else text_embeds
             mode = "image" if image_embeds is not None else "text"
-        scores, positions = self.index.search(query_embeds, k)
-        hits = [SearchHit(rank=rank, id=self.index.ids[position], score=float(score), path=self.index.paths[position])
-                for rank, (score, position) in enumerate(zip(scores[0], positions[0]), start=1) if position >= 0]
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}.")
+        exclude = exclude_reference and image_embeds is not None
+        scores, positions = self.index.search(query_embeds, k + (REFERENCE_COPIES if exclude else 0))
+        kept = [(float(score), int(position)) for score, position in zip(scores[0], positions[0]) if position >= 0]
+        if exclude:
+            reference = image_embeds[0].float().cpu().numpy()
+            kept = [(score, position) for score, position in kept
+                    if float(self.index.embeds[position] @ reference) < SAME_IMAGE_COSINE]
+        hits = [SearchHit(rank=rank, id=self.index.ids[position], score=score, path=self.index.paths[position])
+                for rank, (score, position) in enumerate(kept[:k], start=1)]
         return SearchResult(mode=mode, hits=hits, text_weight=text_weight)

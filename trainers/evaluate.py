@@ -2,6 +2,7 @@
 
     python -m trainers.evaluate --model FOLDER --benchmark {fashioniq,cirr,circo} --data_dir DIR \\
         [--split val] [--method {scot,image,text,sum}] [--fashioniq_captions {clip4cir,searle}] [--output_dir DIR]
+        [--update_model_card]
     python -m trainers.evaluate check --benchmark cirr --data_dir DIR [--split val]   (or: --check)
 
 `--model` is a saved SCOT folder, or a bare CLIP / BLIP-2 / dual-encoder folder (then `scot` uses an untrained
@@ -11,8 +12,9 @@ Combiner; the baselines need no Combiner). Methods, all scored by cosine against
 
 The script prints the paper-style table and writes `metrics.json` to `--output_dir`; on a test split (no public
 targets) it writes the submission files instead: CIRR `cirr_test1_recall.json` / `cirr_test1_recall_subset.json`,
-CIRCO `circo_test_submission.json`. Image and text embeddings depend only on the frozen encoder, so they are
-computed once per model and split and cached as safetensors under `--cache_dir`.
+CIRCO `circo_test_submission.json`. `--update_model_card` also records the numbers (method `scot` only) in the
+model-index and Results section of the SCOT folder's README.md. Image and text embeddings depend only on the frozen
+encoder, so they are computed once per model and split and cached as safetensors under `--cache_dir`.
 
 In Python (this is what `ScotTrainer` calls during training)::
 
@@ -567,6 +569,8 @@ def _evaluation_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--check", action="store_true", help="only verify the data folder (same as `check`)")
     parser.add_argument("--no_read_images", action="store_true", help="with --check: test existence only, not decoding")
+    parser.add_argument("--update_model_card", action="store_true",
+                        help="record the result in the README.md model card of --model (a saved SCOT folder)")
     return parser
 
 
@@ -598,6 +602,8 @@ def main(argv=None) -> int:
         parser.error("--model is required (unless --check)")
 
     model, processor, trained = load_model_and_processor(args.model, args.device)
+    if args.update_model_card and not trained:
+        parser.error(f"--update_model_card: {args.model} is a bare encoder, not a saved SCOT model with a card")
     if args.method == "scot" and not trained:
         logger.warning("%s is a bare encoder: method 'scot' uses an untrained, random Combiner.", args.model)
     result = evaluate_benchmark(
@@ -611,7 +617,28 @@ def main(argv=None) -> int:
     print(format_counts(result))
     for path in write_outputs(result, output_dir):
         print(f"wrote {path}")
+    if args.update_model_card:
+        record_in_model_card(args.model, result)
     return 0
+
+
+def record_in_model_card(folder, result: dict) -> bool:
+    """Record `result` in the model card (README.md) of the saved SCOT model in `folder`; True when it changed.
+
+    Opt-in (`--update_model_card`), never the default: the folder evaluated may be someone else's download, and an
+    evaluation should not edit its input unasked. Only the model's own numbers are recorded, as the model-index the
+    Hub shows: method `scot` on a split with public targets. A baseline (`image`, `text`, `sum`) measures the encoder,
+    and a test split gives submission files, not metrics; both leave the card alone."""
+    from hub_cards import update_model_card
+
+    if result["method"] != "scot" or not result["metrics"]:
+        reason = "a baseline measures the encoder, not this model" if result["method"] != "scot" else \
+            "a test split has no metrics (submission files only)"
+        logger.warning("Model card of %s not updated: %s.", folder, reason)
+        return False
+    update_model_card(folder, result)
+    print(f"updated {Path(folder) / 'README.md'}")
+    return True
 
 
 if __name__ == "__main__":

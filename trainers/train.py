@@ -6,6 +6,7 @@
 Input: a backbone (CLIP / BLIP-2 retrieval / VisionTextDualEncoder folder or hub id) or an existing SCOT folder, and a
 triplet dataset `load_dataset` reads (local folder or hub id) with columns image, caption, modification,
 modified_caption. Output (`output_dir`): the trained model + processor (loads with AutoModel / AutoProcessor),
+its model card README.md (rewritten after the final evaluation, so its results describe the saved weights),
 checkpoints, `loss_curve.json` (+ `loss_curve.png` when matplotlib is installed), `train_results.json`,
 `eval_results.json`.
 
@@ -198,6 +199,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
         data_collator=data_collator,
         processing_class=processor,
         cir_benchmark=cir_benchmark,
+        dataset_name=data_args.dataset_name,
         callbacks=callbacks,
     )
 
@@ -220,14 +222,18 @@ def main(argv=None):
     trainer = build_trainer(model_args, data_args, training_args)
     data_collator, eval_dataset = trainer.data_collator, trainer.eval_dataset
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # model + processor: AutoModel / AutoProcessor load output_dir
+    trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
+    result.metrics["train_samples"] = len(trainer.train_dataset)  # transformers examples' convention, read by the card
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     if eval_dataset is not None:
         metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    # the card again, now that the final evaluation is logged: its numbers describe the saved weights
+    trainer.write_model_card()
     if trainer.is_world_process_zero():
         save_loss_curve(trainer.state.log_history, training_args.output_dir)
         if isinstance(data_collator, RawTripletCollator) and data_collator.skipped:

@@ -107,16 +107,19 @@ def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -
 class ScotTrainer(Trainer):
     """A `Trainer` for `ScotModel`: the SCOT (or InfoNCE) loss from `modeling_scot` over the batch gathered from all
     processes, on cached embeddings or raw batches. Evaluation reports the loss and composed -> modified-caption
-    recall@1/5/10 on the evaluation set; with `cir_benchmark` set, also a CIR benchmark through `trainers.evaluate`."""
+    recall@1/5/10 on the evaluation set; with `cir_benchmark` set, also a CIR benchmark through `trainers.evaluate`.
+    Every save writes a model card (README.md, from `hub_cards`) next to the weights; `dataset_name` names the
+    triplet data in it."""
 
     # The loss is a function of the whole (global) batch, not a sum over items: training_step divides it by the
     # gradient-accumulation steps, so accumulated gradients are the mean over micro-batches.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, cir_benchmark: dict | None = None, **kwargs):
+    def __init__(self, *args, cir_benchmark: dict | None = None, dataset_name: str | None = None, **kwargs):
         kwargs.setdefault("compute_metrics", composed_to_caption_recall)
         super().__init__(*args, **kwargs)
         self.cir_benchmark = cir_benchmark
+        self.dataset_name = dataset_name
         self._prepared_benchmark = None
 
     def _embed_batch(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -163,6 +166,56 @@ class ScotTrainer(Trainer):
         if self.args.should_save:
             Path(output_dir, "training_args.bin").unlink(missing_ok=True)
             Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
+            self.write_model_card(output_dir)
+
+    def write_model_card(self, output_dir: str | None = None) -> bool:
+        """`create_model_card` that warns instead of raising: a card problem must never cost a checkpoint or the end
+        of a run. True when the card was written."""
+        try:
+            self.create_model_card(output_dir=output_dir)
+        except Exception as error:  # noqa: BLE001 - whatever went wrong, the weights are saved already
+            logger.warning("Could not write the model card in %s: %s", output_dir or self.args.output_dir, error)
+            return False
+        return True
+
+    def create_model_card(self, language=None, license: str | None = None, tags: str | list[str] | None = None,
+                          model_name: str | None = None, finetuned_from: str | None = None, tasks=None,
+                          dataset_tags=None, dataset: str | list[str] | None = None, dataset_args=None,
+                          output_dir: str | None = None) -> None:
+        """Write the SCOT model card (`hub_cards.render_model_card`) to `output_dir/README.md` (default
+        `args.output_dir`) from what the trainer knows: the config, the training arguments and log, the data's size,
+        the last held-out metrics, and the CIR benchmark results logged at the current step (the only ones that
+        describe these weights) as a model-index. `save_model` and `push_to_hub` call it. The signature is
+        `Trainer.create_model_card`'s; `language`, `tasks`, `dataset_tags` and `dataset_args` are not used."""
+        if not self.is_world_process_zero():
+            return
+        from hub_cards import evaluations_from_log_history, render_model_card, training_summary
+
+        output_dir = Path(output_dir or self.args.output_dir)
+        step = self.state.global_step
+        if self.args.load_best_model_at_end and self.state.best_global_step not in (None, step):
+            # the weights saved may be an earlier (best) checkpoint's: no logged evaluation surely describes them,
+            # so the card claims none
+            evaluations = []
+        else:
+            evaluations = evaluations_from_log_history(self.state.log_history, self.cir_benchmark, step=step)
+        if isinstance(dataset, (list, tuple)):
+            dataset = dataset[0] if dataset else None
+        default_name = (self.args.hub_model_id or "").split("/")[-1] or Path(self.args.output_dir).resolve().name
+        card = render_model_card(
+            self.accelerator.unwrap_model(self.model).config,
+            model_name=model_name or default_name,
+            repo_id=self.args.hub_model_id or model_name or default_name,
+            evaluations=evaluations,
+            training=training_summary(self.args.to_dict(), self.state.log_history, global_step=step,
+                                      epoch=self.state.epoch, world_size=self.args.world_size),
+            dataset={"name": dataset or self.dataset_name,
+                     "train_rows": _length(self.train_dataset), "eval_rows": _length(self.eval_dataset)},
+            license=license,
+            base_model=finetuned_from,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )
+        card.save(output_dir / "README.md")
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -181,3 +234,10 @@ class ScotTrainer(Trainer):
             self.log(cir_metrics)
             metrics.update(cir_metrics)
         return metrics
+
+
+def _length(dataset) -> int | None:
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:  # an IterableDataset has no length
+        return None

@@ -74,5 +74,5 @@ def test_index_a_datasets_dataset(gallery_folder, scot_folder, tmp_path, capsys)
     assert main(["index", str(tmp_path / "green-shapes"), "--dataset", "--id_column", "name", "--model",
                  str(scot_folder), "--output", str(output)]) == 0
     assert f"indexed {len(paths)} images" in capsys.readouterr().out
-    assert main(["query", "--index", str(output), "--image", paths[0], "-k", "1", "--json"]) == 0
+    assert main(["query", "--index", str(output), "--image", paths[0], "-k", "1", "--json", "--keep_reference"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == Path(paths[0]).stem

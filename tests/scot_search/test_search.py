@@ -20,7 +20,8 @@ def test_composed_query_ranks_by_the_composed_embedding(searcher, gallery_folder
         inputs = processor(images=[Image.open(reference)], text=["make it blue"], return_tensors="pt")
         outputs = model(**inputs)
     scores = searcher.index.embeds @ outputs.composed_embeds[0].numpy()
-    expected = np.argsort(-scores, kind="stable")[:5]
+    reference_position = searcher.index.ids.index("round/circle-red.png")
+    expected = [i for i in np.argsort(-scores, kind="stable") if i != reference_position][:5]  # "this" is no answer
     assert result.mode == "composed"
     assert [hit.id for hit in result.hits] == [searcher.index.ids[i] for i in expected]
     np.testing.assert_allclose([hit.score for hit in result.hits], scores[expected], atol=1e-5)
@@ -30,10 +31,13 @@ def test_composed_query_ranks_by_the_composed_embedding(searcher, gallery_folder
 
 
 def test_image_only_and_text_only_queries(searcher, gallery_folder):
-    image_result = searcher.query(image=gallery_folder / "angular" / "square-green.png", k=3)
+    reference = gallery_folder / "angular" / "square-green.png"
+    image_result = searcher.query(image=reference, k=3, exclude_reference=False)
     assert image_result.mode == "image" and image_result.text_weight is None
     assert image_result.hits[0].id == "angular/square-green.png"
     assert image_result.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    # by default the reference itself is left out and the others move up
+    assert [hit.id for hit in searcher.query(image=reference, k=2).hits] == [hit.id for hit in image_result.hits[1:]]
 
     text_result = searcher.query(text="a green square", k=4)
     with torch.no_grad():

@@ -1,0 +1,442 @@
+"""Model and dataset cards for SCOT, rendered with huggingface_hub's `ModelCard` / `DatasetCard` from Jinja templates.
+
+Everything here takes plain dicts (a config's `to_dict()`, `TrainingArguments.to_dict()`, `Trainer` log history, the
+results `trainers.evaluate` returns or writes to `metrics.json`, the statistics `data_gen` counts), so the module
+needs only huggingface_hub and jinja2: trainers, data_gen and the demo call it, it never imports them.
+
+Only measured numbers go in: a model-index entry is made from a `trainers.evaluate` result of the model itself
+(method `scot`); with none, the card has no model-index and says the model was not evaluated.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import (
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md.j2"
+RESULTS_TEMPLATE = TEMPLATES_DIR / "model_card_results.md.j2"
+DATASET_CARD_TEMPLATE = TEMPLATES_DIR / "dataset_card.md.j2"
+
+# The Results section sits between these two markers, so that a new benchmark result rewrites it and nothing else.
+RESULTS_START, RESULTS_END = "<!-- scot-results", "<!-- /scot-results -->"
+
+# The Hub has no composed-retrieval task. SCOT returns embeddings that are ranked against image embeddings, which is
+# what `image-feature-extraction` models are searched for; it is also the model-index task type.
+PIPELINE_TAG = "image-feature-extraction"
+TASK_NAME = "Composed image retrieval"
+DEFAULT_TAGS = ("scot", "composed-image-retrieval", "zero-shot-composed-image-retrieval")
+BENCHMARK_NAMES = {"fashioniq": "FashionIQ", "cirr": "CIRR", "circo": "CIRCO"}
+# `trainers.evaluate` metric names: "R@10", "Rsubset@1", "mAP@5", FashionIQ's prefixed by the category ("dress_R@10")
+# or "average_". Model-index ids follow the sentence-transformers cards' style ("recall@10").
+_METRIC_KEY = re.compile(r"^(?:(?P<group>[A-Za-z0-9]+)_)?(?P<kind>Rsubset|R|mAP)@(?P<k>\d+)$")
+_METRIC_IDS = {"R": "recall", "Rsubset": "recall_subset", "mAP": "map"}
+_PROXY_KEY = re.compile(r"^eval_R@\d+$")  # ScotTrainer's held-out composed -> modified-caption recall
+METHOD_LABELS = {
+    "scot": "SCOT (this model)",
+    "image": "Image only",
+    "text": "Text only",
+    "sum": "Image + text (normalised sum)",
+}
+
+
+def _jinja_template(path: Path):
+    import jinja2
+
+    return jinja2.Template(path.read_text(encoding="utf-8"))
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def hub_id_or_none(name) -> str | None:
+    """`name` when it can be a Hub repo id (`name` or `owner/name`), else None: metadata such as `base_model` and
+    `datasets` must name Hub repos, and a local path (`/tmp/run/clip`, `outputs/demo/backbone`) is not one."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name:
+        return None
+    name = str(name)
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+# -- evaluation results ------------------------------------------------------------------------------------------------
+
+
+def eval_results_from_evaluation(evaluation: dict) -> list[EvalResult]:
+    """Model-index entries from one `trainers.evaluate` result (what `evaluate_benchmark` returns or `write_outputs`
+    writes to `metrics.json`: `{"benchmark", "split", "method", "metrics": {"R@1": 31.2, ...}}`).
+
+    Only the model's own method, `scot`, counts: the `image` / `text` / `sum` baselines measure the encoder, not this
+    model. A test split has no metrics (submission files only) and gives nothing. FashionIQ's categories become
+    dataset configs (`dress`, `shirt`, `toptee`); their mean has no config. `dataset_name` / `dataset_type` in the
+    result override the benchmark's (the demo's colour benchmark is scored with the CIRR protocol)."""
+    if evaluation.get("method", "scot") != "scot":
+        return []
+    benchmark = evaluation["benchmark"]
+    results = []
+    for key, value in (evaluation.get("metrics") or {}).items():
+        match = _METRIC_KEY.match(key)
+        if match is None:
+            continue  # not a paper metric: nothing standard to call it
+        group = match["group"]
+        results.append(EvalResult(
+            task_type=PIPELINE_TAG,
+            task_name=TASK_NAME,
+            dataset_type=evaluation.get("dataset_type", benchmark),
+            dataset_name=evaluation.get("dataset_name", BENCHMARK_NAMES.get(benchmark, benchmark)),
+            dataset_split=evaluation.get("split"),
+            dataset_config=None if group in (None, "average") else group,
+            metric_type=f"{_METRIC_IDS[match['kind']]}@{match['k']}",
+            metric_name=f"{match['kind']}@{match['k']}",
+            metric_value=round(float(value), 2),
+            # FashionIQ numbers depend on how its two captions are joined (CLIP4Cir's "c1 and c2", SEARLE's both orders)
+            metric_config=evaluation.get("fashioniq_captions") if benchmark == "fashioniq" else None,
+        ))
+    return results
+
+
+def _result_key(result: EvalResult) -> tuple:
+    return (*result.unique_identifier, result.metric_type, result.metric_config)
+
+
+def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
+    """`existing` with the entries of `new` replacing those measuring the same thing; new measurements appended."""
+    replacement = {_result_key(result): result for result in new}
+    merged = [replacement.pop(_result_key(result), result) for result in existing or []]
+    return merged + [result for result in new if _result_key(result) in replacement]
+
+
+def _results_tables(eval_results: list[EvalResult], model_name: str) -> list[dict]:
+    """One table per benchmark split: rows are FashionIQ categories (then their average) or the model, columns the
+    metrics in the order they were measured."""
+    groups: dict[tuple, list[EvalResult]] = {}
+    for result in eval_results:
+        groups.setdefault((result.dataset_name, result.dataset_type, result.dataset_split, result.metric_config),
+                          []).append(result)
+    tables = []
+    for (dataset_name, dataset_type, split, metric_config), results in groups.items():
+        has_configs = any(result.dataset_config for result in results)
+        metrics = list(dict.fromkeys(result.metric_name or result.metric_type for result in results))
+        rows: dict[str, dict] = {}
+        for result in results:
+            label = result.dataset_config or ("average" if has_configs else model_name)
+            rows.setdefault(label, {})[result.metric_name or result.metric_type] = result.metric_value
+        title = f"**{dataset_name}** (`{dataset_type}`" + (f", split `{split}`" if split else "")
+        title += (f", captions `{metric_config}`" if metric_config else "") + ")"
+        tables.append({
+            "title": title,
+            "row_header": "category" if has_configs else "model",
+            "metrics": metrics,
+            "rows": [{"label": label, "cells": [_format_value(values.get(name)) for name in metrics]}
+                     for label, values in rows.items()],
+        })
+    return tables
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+
+
+def render_results_section(eval_results: list[EvalResult] | None, model_name: str) -> str:
+    """The card's Results section (between the results markers) from model-index entries."""
+    return _jinja_template(RESULTS_TEMPLATE).render(tables=_results_tables(eval_results or [], model_name)).strip()
+
+
+def _comparison_tables(evaluations: list[dict]) -> list[dict]:
+    """Tables of every method measured on a benchmark split, where more than the model itself was measured."""
+    groups: dict[tuple, list[dict]] = {}
+    for evaluation in evaluations:
+        if evaluation.get("metrics"):
+            benchmark = evaluation["benchmark"]
+            key = (evaluation.get("dataset_name", BENCHMARK_NAMES.get(benchmark, benchmark)), evaluation.get("split"),
+                   evaluation.get("fashioniq_captions"))
+            groups.setdefault(key, []).append(evaluation)
+    tables = []
+    for (dataset_name, split, captions), group in groups.items():
+        if all(evaluation.get("method", "scot") == "scot" for evaluation in group):
+            continue  # nothing to compare with: the Results section has it all
+        metrics = list(dict.fromkeys(name for evaluation in group for name in evaluation["metrics"]))
+        title = f"**{dataset_name}**" + (f", split `{split}`" if split else "")
+        title += f", captions `{captions}`" if captions else ""
+        tables.append({"title": title, "metrics": metrics, "rows": [
+            {"label": evaluation.get("label") or METHOD_LABELS.get(evaluation.get("method"), evaluation.get("method")),
+             "cells": [_format_value(evaluation["metrics"].get(name)) for name in metrics]}
+            for evaluation in group]})
+    return tables
+
+
+def evaluations_from_log_history(log_history: list[dict], cir_benchmark: dict | None, step: int | None = None,
+                                 metric_key_prefix: str = "eval") -> list[dict]:
+    """The last CIR benchmark evaluation `ScotTrainer` logged (`eval_cirr_R@1`, ...), as a `trainers.evaluate` result.
+
+    With `step`, only an evaluation logged at that step counts: an older one measured other weights."""
+    if not cir_benchmark:
+        return []
+    benchmark = cir_benchmark["benchmark"]
+    prefix = f"{metric_key_prefix}_{benchmark}_"
+    entries = [entry for entry in log_history or [] if any(key.startswith(prefix) for key in entry)]
+    if not entries or (step is not None and entries[-1].get("step") != step):
+        return []
+    evaluation = {"benchmark": benchmark, "split": cir_benchmark.get("split", "val"),
+                  "method": cir_benchmark.get("method", "scot"),
+                  "metrics": {key[len(prefix):]: value for key, value in entries[-1].items() if key.startswith(prefix)}}
+    if benchmark == "fashioniq":
+        evaluation["fashioniq_captions"] = cir_benchmark.get("fashioniq_captions", "clip4cir")
+    return [evaluation]
+
+
+# -- model card --------------------------------------------------------------------------------------------------------
+
+
+def training_summary(training_args: dict | None, log_history: list[dict] | None = None, *, global_step=None,
+                     epoch=None, world_size: int | None = None, final_eval: dict | None = None) -> dict | None:
+    """The settings a run really used, for the card's Training section, from `TrainingArguments.to_dict()` and the
+    `Trainer` log history. `final_eval` (the `eval_*` metrics of the saved weights, e.g. `eval_results.json`) takes
+    precedence over the last evaluation in the history. None without training arguments."""
+    if not training_args:
+        return None
+    history = log_history or []
+    losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry and "step" in entry]
+    evaluations = [entry for entry in history if "eval_loss" in entry]
+    per_device = training_args.get("per_device_train_batch_size")
+    accumulation = training_args.get("gradient_accumulation_steps", 1)
+    warmup = training_args.get("warmup_steps") or training_args.get("warmup_ratio") or 0
+    summary = {
+        "global_step": global_step if global_step is not None else (history[-1].get("step") if history else 0),
+        "epoch": round(float(epoch), 2) if epoch is not None else None,
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "world_size": world_size,
+        "total_train_batch_size": per_device * world_size * accumulation if world_size and per_device else None,
+        "optim": str(training_args.get("optim")),
+        "learning_rate": training_args.get("learning_rate"),
+        "weight_decay": training_args.get("weight_decay"),
+        "lr_scheduler_type": str(training_args.get("lr_scheduler_type")),
+        "warmup": warmup,
+        "precision": "bf16" if training_args.get("bf16") else "fp16" if training_args.get("fp16") else "fp32",
+        "seed": training_args.get("seed"),
+        "final_loss": round(losses[-1][1], 4) if losses else None,
+        "final_loss_step": losses[-1][0] if losses else None,
+        "proxy": None,
+    }
+    source, step = (final_eval, summary["global_step"]) if final_eval and "eval_loss" in final_eval else (
+        (evaluations[-1], evaluations[-1].get("step")) if evaluations else (None, None))
+    if source is not None:
+        proxy_keys = sorted((key for key in source if _PROXY_KEY.match(key)), key=lambda key: int(key.split("@")[1]))
+        proxy_metrics = {key[len("eval_"):]: source[key] for key in proxy_keys}
+        summary["proxy"] = {"step": step, "loss": source["eval_loss"], "metrics": proxy_metrics}
+    return summary
+
+
+def _encoder_facts(config: dict) -> tuple[dict, int | None]:
+    encoder = config.get("encoder_config") or {}
+    model_type = encoder.get("model_type", "clip")
+    pooling = None
+    if model_type == "blip-2":
+        pooling = f"BLIP-2's 32 query embeddings pooled with `{config.get('blip2_query_pooling', 'mean')}`"
+    elif model_type == "vision-text-dual-encoder":
+        pooling = f"text embedding from `{config.get('text_pooling', 'pooler')}` pooling"
+    embed_dim = encoder.get("image_text_hidden_size") if model_type == "blip-2" else encoder.get("projection_dim")
+    facts = {"model_type": model_type, "name_or_path": encoder.get("_name_or_path") or None,
+             "frozen": config.get("freeze_encoder", True), "pooling": pooling}
+    return facts, embed_dim
+
+
+def _loss_description(config: dict) -> str:
+    if config.get("loss_type", "scot") == "infonce":
+        return (f"InfoNCE as in CLIP4Cir (cross-entropy over cosine similarities divided by the temperature "
+                f"{config.get('infonce_temperature')}), the comparison option of this package")
+    return (f"the SCOT loss (paper Eq. 4–9): α_pos = {config.get('alpha_pos')}, α_neg = {config.get('alpha_neg')}, "
+            f"negative margin λ = {config.get('margin')}; the other modified captions of the (all-process) batch and "
+            "the original captions are the negatives")
+
+
+def _license_of_local_model(path) -> str | None:
+    """The license in a local encoder folder's own model card, if it has one (no network)."""
+    readme = Path(path) / "README.md" if path else None
+    if readme is None or not readme.is_file():
+        return None
+    try:
+        return ModelCard.load(readme).data.license
+    except Exception:  # noqa: BLE001 - someone else's card: unreadable metadata only means "license unknown"
+        return None
+
+
+def render_model_card(config, *, model_name: str, repo_id: str | None = None, evaluations: list[dict] | None = None,
+                      eval_results: list[EvalResult] | None = None, training: dict | None = None,
+                      dataset: dict | None = None, license: str | None = None, base_model: str | None = None,
+                      tags: list[str] | None = None, description: str | None = None,
+                      limitations: list[str] | None = None) -> ModelCard:
+    """The model card of a SCOT model.
+
+    Args:
+        config: the model's `ScotConfig` (or its `to_dict()`).
+        model_name: the card's title and the model-index name; `repo_id` (default `model_name`) goes in the usage code.
+        evaluations: `trainers.evaluate` results (dicts as in `metrics.json`). The `scot` ones become the
+            model-index; when baselines of the same benchmark are there too, a comparison table lists every method.
+        eval_results: model-index entries already known (from an existing card); `evaluations` replace the same ones.
+        training: `training_summary(...)`; None says no training record exists.
+        dataset: `{"name", "train_rows", "eval_rows"}` of the triplet data the Combiner was trained on.
+        license / base_model: default to the encoder's: its Hub id when `_name_or_path` is one, and the license in a
+            local encoder folder's card.
+        description / limitations: extra markdown paragraph after the introduction, extra limitation bullets.
+    """
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    evaluations = list(evaluations or [])
+    measured = [result for evaluation in evaluations for result in eval_results_from_evaluation(evaluation)]
+    results = merge_eval_results(eval_results, measured)
+    encoder, embed_dim = _encoder_facts(config)
+    base_model = base_model or hub_id_or_none(encoder["name_or_path"])
+    license = license or _license_of_local_model(encoder["name_or_path"])
+    if dataset is not None:
+        dataset = {"train_rows": None, "eval_rows": None, **dataset}
+    dataset_id = hub_id_or_none(dataset.get("name")) if dataset else None
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        library_name="transformers",
+        license=license,
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, encoder["model_type"], *(tags or [])])),
+        eval_results=results or None,  # no measurement, no model-index
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARD_TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        encoder=encoder,
+        embed_dim=embed_dim,
+        combiner={"projection_dim": config.get("combiner_projection_dim"),
+                  "hidden_dim": config.get("combiner_hidden_dim"), "dropout": config.get("combiner_dropout")},
+        loss=_loss_description(config),
+        training=training,
+        dataset=dataset,
+        description=description,
+        results_section=render_results_section(results, model_name),
+        comparisons=_comparison_tables(evaluations),
+        limitations=limitations or [],
+    )
+
+
+def read_training_record(folder) -> tuple[dict | None, dict]:
+    """(`training_summary`, `{"train_rows", "eval_rows"}`) from what `Trainer` leaves in an output folder:
+    `training_args.json` (written by `ScotTrainer`), `trainer_state.json` and `all_results.json` (`save_state`,
+    `save_metrics`). Missing files give None / missing counts."""
+    folder = Path(folder)
+    state = _read_json(folder / "trainer_state.json") or {}
+    results = _read_json(folder / "all_results.json") or {}
+    results = {**(_read_json(folder / "train_results.json") or {}), **(_read_json(folder / "eval_results.json") or {}),
+               **results}
+    training = training_summary(_read_json(folder / "training_args.json"), state.get("log_history"),
+                                global_step=state.get("global_step"), epoch=state.get("epoch"), final_eval=results)
+    return training, {"train_rows": results.get("train_samples"), "eval_rows": results.get("eval_samples")}
+
+
+def model_card_from_folder(folder, *, training_folder=None, dataset: dict | None = None, **kwargs) -> ModelCard:
+    """`render_model_card` for a saved SCOT folder: the config from its `config.json`, the training record from
+    `training_folder` (default: the same folder). Other arguments go to `render_model_card`."""
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{folder} has no readable config.json: not a saved model folder.")
+    training, rows = read_training_record(training_folder or folder)
+    if dataset is not None:
+        dataset = {**{key: value for key, value in rows.items() if value is not None}, **dataset}
+    kwargs.setdefault("model_name", folder.resolve().name)
+    return render_model_card(config, training=training, dataset=dataset, **kwargs)
+
+
+def update_model_card(folder, evaluation: dict) -> ModelCard:
+    """Record a `trainers.evaluate` result in the README.md model card of a saved SCOT folder and return the card.
+
+    The model-index gains the result's entries (replacing earlier ones for the same benchmark, split and metric) and
+    the Results section is re-rendered from the model-index; the rest of the card is left as it was. A folder with no
+    card gets a fresh one from its `config.json` and training record; a card written by hand, without the results
+    markers, gets the Results section appended."""
+    folder = Path(folder)
+    path = folder / "README.md"
+    new = eval_results_from_evaluation(evaluation)
+    if not path.is_file():
+        card = model_card_from_folder(folder, evaluations=[evaluation])
+    else:
+        card = ModelCard.load(path)
+        model_name = card.data.model_name or folder.resolve().name
+        results = merge_eval_results(card.data.eval_results, new)
+        card.data.model_name, card.data.eval_results = model_name, results or None
+        section = render_results_section(results, model_name)
+        body = card.text
+        start, end = body.find(RESULTS_START), body.find(RESULTS_END)
+        if start != -1 and end > start:
+            body = body[:start] + section + body[end + len(RESULTS_END):]
+        else:
+            body = body.rstrip() + "\n\n" + section + "\n"
+        card = ModelCard(f"---\n{card.data.to_yaml()}\n---\n{body}")
+    card.save(path)
+    return card
+
+
+# -- dataset card ------------------------------------------------------------------------------------------------------
+
+
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` value for a number of rows."""
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return label
+    return "1M<n<10M"
+
+
+def render_dataset_card(stats: dict, *, features: list[dict], repo_or_folder: str, num_bytes: int | None = None,
+                        data_files: str = "data/train-*.parquet") -> DatasetCard:
+    """The dataset card of a triplet dataset from its real statistics (the dict `data_gen` counts: `kept_rows`,
+    `generated_rows`, `input_rows`, `rejections`, `per_generator`, generation settings, `sources`, `license`).
+
+    The YAML `configs` entry points `load_dataset(folder)` (or the Hub repo) at the parquet shards `data_files`;
+    `features` (`[{"name", "dtype"}]`) and the split size go in `dataset_info`."""
+    kept_rows = stats["kept_rows"]
+    split = {"name": "train", "num_examples": kept_rows}
+    if num_bytes is not None:
+        split["num_bytes"] = num_bytes
+    card_data = DatasetCardData(
+        license=stats.get("license", "other"),
+        pretty_name=stats.get("pretty_name", "SCOT triplets"),
+        task_categories=["image-to-image", "text-to-image"],
+        tags=["composed-image-retrieval", "scot", "synthetic"],
+        size_categories=[size_category(kept_rows)],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        dataset_info={"features": features, "splits": [split]},
+    )
+    generated = stats["generated_rows"]
+    # license and pretty_name reach the template through the card data, where they were normalised
+    template_values = {key: value for key, value in stats.items() if key not in ("license", "pretty_name")}
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(DATASET_CARD_TEMPLATE),
+        repo_or_folder=repo_or_folder,
+        acceptance=f"{kept_rows / generated:.1%}" if generated else "n/a",
+        **template_values,
+    )
