@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_ranking.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_generation.py --output_dir outputs/bench_generation
+	$(BIN)/python bench/bench_search.py --output_json outputs/bench_search.json
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache scot-demo scot-triplets

@@ -67,6 +67,8 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
 
     index = searcher.index
     model_name = index.metadata.get("model_name_or_path") or "SCOT model"
+    if Path(model_name).is_dir():
+        model_name = Path(model_name).name  # a local folder: its name, not where it lies on this machine
     has_images = any(index.paths)
 
     def search(reference_path, text, k):
