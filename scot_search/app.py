@@ -122,29 +122,42 @@ def gallery_folders(index) -> list[str]:
 
 
 def load_or_build_searcher(index_dir, model=None, gallery=None, device=None):
-    """The searcher of `index_dir`; if there is no index yet and `gallery` is a folder, index it first."""
+    """The searcher of `index_dir`. If there is no index yet, or it was encoded by another encoder (the demo's
+    backbone was retrained) and `gallery` is the folder it indexed, `gallery` is indexed (again) first."""
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_scot  # noqa: F401 - registers the Auto classes
+
     from .index import GalleryIndex, build_gallery_index, list_image_folder
     from .search import GallerySearcher
 
-    if not (Path(index_dir) / "index.json").is_file():
-        if gallery is None or not Path(gallery).is_dir():
-            raise FileNotFoundError(f"No gallery index in {str(index_dir)!r} and no gallery folder to build one: run "
-                                    "`scot-search index FOLDER --output INDEX` (or `make demo` for the default).")
-        model = model or DEFAULT_MODEL
-        if not Path(model).is_dir() and model == DEFAULT_MODEL:
-            raise FileNotFoundError(f"The default model folder {DEFAULT_MODEL!r} does not exist: run `make demo` "
-                                    "first, or pass --model.")
-        from transformers import AutoModel, AutoProcessor
-
-        import modeling_scot  # noqa: F401
-
-        scot_model = AutoModel.from_pretrained(model)
-        processor = AutoProcessor.from_pretrained(model)
-        items, ignored = list_image_folder(gallery)
-        build_gallery_index(scot_model, processor, items, index_dir, model_name_or_path=str(Path(model).resolve()),
-                            source={"folder": str(Path(gallery).resolve())}, ignored_files=ignored)
-        return GallerySearcher(scot_model, processor, GalleryIndex.load(index_dir))
-    return GallerySearcher.from_pretrained(index_dir, model, device=device)
+    index = None
+    if (Path(index_dir) / "index.json").is_file():
+        index = GalleryIndex.load(index_dir)
+        model = model or index.metadata.get("model_name_or_path")
+    elif gallery is None or not Path(gallery).is_dir():
+        raise FileNotFoundError(f"No gallery index in {str(index_dir)!r} and no gallery folder to build one: run "
+                                "`scot-search index FOLDER --output INDEX` (or `make demo` for the default).")
+    model = model or DEFAULT_MODEL
+    if model == DEFAULT_MODEL and not Path(model).is_dir():
+        raise FileNotFoundError(f"The default model folder {DEFAULT_MODEL!r} does not exist: run `make demo` first, "
+                                "or pass --model.")
+    scot_model = AutoModel.from_pretrained(model)
+    processor = AutoProcessor.from_pretrained(model)
+    if device:
+        scot_model.to(device)
+    if index is not None:
+        try:
+            return GallerySearcher(scot_model, processor, index)
+        except ValueError:
+            indexed_folder = index.metadata.get("source", {}).get("folder")
+            if gallery is None or indexed_folder != str(Path(gallery).resolve()):
+                raise
+            logger.warning("%s was encoded by another encoder than %s's: indexing %s again.", index_dir, model, gallery)
+    items, ignored = list_image_folder(gallery)
+    build_gallery_index(scot_model, processor, items, index_dir, model_name_or_path=str(Path(model).resolve()),
+                        source={"folder": str(Path(gallery).resolve())}, ignored_files=ignored)
+    return GallerySearcher(scot_model, processor, GalleryIndex.load(index_dir))
 
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> None:

@@ -138,3 +138,30 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     with pytest.raises(ValueError, match="2000×1000 = 2.0 megapixels"):
         check_reference_image(path, max_pixels=1_000_000)
     assert check_reference_image(path, max_pixels=2_000_000).size == (2000, 1000)
+
+
+def test_web_demo_indexes_its_gallery_once_and_again_for_a_new_encoder(gallery_folder, scot_folder, tmp_path):
+    import torch
+
+    from modeling_scot import ScotModel, ScotProcessor
+    from scot_search.app import load_or_build_searcher
+
+    index_dir = tmp_path / "gallery-index"
+    first = load_or_build_searcher(index_dir, model=str(scot_folder), gallery=gallery_folder)
+    assert len(first.index) == 12 and (index_dir / "index.json").is_file()
+    written = (index_dir / "embeddings.safetensors").stat().st_mtime_ns
+    again = load_or_build_searcher(index_dir, gallery=gallery_folder)  # the model recorded in the index
+    assert (index_dir / "embeddings.safetensors").stat().st_mtime_ns == written  # reused, not re-encoded
+    np.testing.assert_array_equal(again.index.embeds, first.index.embeds)
+
+    retrained = ScotModel.from_pretrained(scot_folder)
+    with torch.no_grad():
+        projection = retrained.encoder.visual_projection.weight  # the tiny CLIP's image projection
+        projection.add_(0.5 * torch.randn(projection.shape, generator=torch.Generator().manual_seed(0)))
+    retrained.save_pretrained(tmp_path / "retrained")
+    ScotProcessor.from_pretrained(scot_folder).save_pretrained(tmp_path / "retrained")
+    rebuilt = load_or_build_searcher(index_dir, model=str(tmp_path / "retrained"), gallery=gallery_folder)
+    assert rebuilt.index.metadata["model_name_or_path"] == str((tmp_path / "retrained").resolve())
+    assert not np.allclose(rebuilt.index.embeds, first.index.embeds)
+    with pytest.raises(FileNotFoundError, match="no gallery folder"):
+        load_or_build_searcher(tmp_path / "nothing-here")
