@@ -75,7 +75,7 @@ def run_index(args) -> dict:
 
     import modeling_scot  # noqa: F401 - registers the Auto classes
 
-    from .index import build_gallery_index, list_dataset_images, list_image_folder
+    from .index import build_gallery_index, check_index_options, list_dataset_images, list_image_folder
 
     if args.dataset:
         from datasets import load_dataset
@@ -86,13 +86,17 @@ def run_index(args) -> dict:
     else:
         items, ignored = list_image_folder(args.gallery)
         source = {"folder": str(Path(args.gallery).resolve())}
+    options = {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search}
+    check_index_options(args.index_type, len(items), options)  # before loading a model and encoding for hours
+    if args.model == DEFAULT_MODEL and not Path(args.model).is_dir():
+        raise FileNotFoundError(f"The default model folder {DEFAULT_MODEL!r} does not exist here: run `make demo` "
+                                "first, or pass --model.")
     model = AutoModel.from_pretrained(args.model).to(_device(args.device))
     processor = AutoProcessor.from_pretrained(args.model)
     model_path = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     index = build_gallery_index(model, processor, items, args.output, index_type=args.index_type,
                                 batch_size=args.batch_size, chunk_size=args.chunk_size, model_name_or_path=model_path,
-                                source=source, ignored_files=ignored, nlist=args.nlist, nprobe=args.nprobe,
-                                hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+                                source=source, ignored_files=ignored, **options)
     summary = {"index": str(args.output), "images": len(index), "index_type": index.index_type,
                "skipped": index.metadata["skipped"]}
     print(f"indexed {len(index)} images into {args.output} ({index.index_type}); skipped "

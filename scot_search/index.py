@@ -108,7 +108,7 @@ class GalleryIndex:
         self.paths = list(paths) if paths is not None else [""] * len(ids)
         self.index_type = index_type
         self.metadata = dict(metadata or {})
-        self.index_options = _index_options(index_type, len(ids), index_options)
+        self.index_options = check_index_options(index_type, len(ids), index_options)
         self.faiss_index = faiss_index if faiss_index is not None else self._build_faiss_index()
         self._apply_search_options()
 
@@ -230,7 +230,7 @@ class GalleryIndex:
                    faiss_index=faiss_index, metadata=metadata, **options)
 
 
-def _index_options(index_type: str, size: int, given: dict) -> dict:
+def check_index_options(index_type: str, size: int, given: dict) -> dict:
     """Settings of each index type, defaults filled in (IVF: nlist ≈ 4·√N lists, 16 probed; HNSW: M=32)."""
     if index_type == "flat":
         unknown = set(given)
@@ -270,7 +270,7 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
         raise ValueError("The gallery is empty: no image files (" + ", ".join(IMAGE_SUFFIXES) + ") were found.")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}.")
-    _index_options(index_type, len(items), index_options)  # bad options fail before hours of encoding
+    check_index_options(index_type, len(items), index_options)  # bad options fail before hours of encoding
     output_dir = Path(output_dir)
     chunks_dir = output_dir / "chunks"
     fingerprint = encoder_fingerprint(model, processor)
