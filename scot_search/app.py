@@ -48,22 +48,26 @@ def check_reference_image(path, max_pixels: int):
                          "expected), or it is damaged.") from None
 
 
+def _explain_unreadable(decode):
+    """Wrap gr.Image's `preprocess`: Gradio decodes an upload before our handler runs, and PIL's errors would reach
+    the page as a bare "Error" (or a temporary path). An instance attribute, not a subclass: Gradio writes a .pyi stub
+    beside any file that defines a component class."""
+    import gradio as gr
+
+    def decode_or_explain(payload):
+        try:
+            return decode(payload)
+        except Exception:  # noqa: BLE001 - whatever PIL raises, the user needs the same sentence
+            raise gr.Error("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
+                           "expected), or it is damaged.", print_exception=False) from None
+
+    return decode_or_explain
+
+
 def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[str] | None = None,
               title: str | None = None):
     """A `gr.Blocks` page around a `GallerySearcher`. `examples` are image paths offered as references."""
     import gradio as gr
-
-    class ReferenceImage(gr.Image):
-        """gr.Image whose decoding failures become a message in the page (Gradio decodes before our handler)."""
-
-        is_template = True  # rendered by gr.Image's front-end component
-
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except Exception:  # noqa: BLE001 - whatever PIL raises, the user needs the same sentence
-                raise gr.Error("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or "
-                               "TIFF expected), or it is damaged.", print_exception=False) from None
 
     index = searcher.index
     model_name = index.metadata.get("model_name_or_path") or "SCOT model"
@@ -94,8 +98,9 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
                     f"text says. Model: `{model_name}` · gallery: {len(index)} images ({index.index_type} index).")
         with gr.Row():
             with gr.Column(scale=1):
-                reference = ReferenceImage(label="Reference image", type="filepath", sources=["upload", "clipboard"],
-                                           elem_id="reference-image", height=280)
+                reference = gr.Image(label="Reference image", type="filepath", sources=["upload", "clipboard"],
+                                     elem_id="reference-image", height=280)
+                reference.preprocess = _explain_unreadable(reference.preprocess)
                 if examples:
                     gr.Examples(examples=[[path] for path in examples], inputs=[reference], label="or pick one")
                 text = gr.Textbox(label="Change", placeholder="e.g. make it blue", elem_id="change-text", lines=1)

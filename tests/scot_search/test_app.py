@@ -165,3 +165,12 @@ def test_web_demo_indexes_its_gallery_once_and_again_for_a_new_encoder(gallery_f
     assert not np.allclose(rebuilt.index.embeds, first.index.embeds)
     with pytest.raises(FileNotFoundError, match="no gallery folder"):
         load_or_build_searcher(tmp_path / "nothing-here")
+
+
+def test_building_the_page_writes_nothing_beside_the_package(searcher):
+    from pathlib import Path
+
+    import scot_search.app
+
+    build_app(searcher)
+    assert not Path(scot_search.app.__file__).with_suffix(".pyi").exists()  # Gradio's stub writer stays out
