@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainers.embedding_cache import atomic_save_file, encode_in_chunks, encoder_fingerprint, open_image
+from trainers.embedding_cache import atomic_save_file, encode_in_chunks, encoder_fingerprint, image_batch_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -286,20 +286,8 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
 
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    embed_dim = model.config.embed_dim
-
-    def encode_images(sources):
-        images = [open_image(value) for value in sources]
-        readable = torch.tensor([image is not None for image in images])
-        embeds = torch.zeros(len(sources), embed_dim)
-        if readable.any():
-            pixel_values = processor(images=[image for image in images if image is not None], return_tensors="pt")
-            embeds[readable] = model.get_image_features(pixel_values["pixel_values"].to(device)).float().cpu()
-        return {"embeds": embeds, "readable": readable}
-
-    chunk_names = encode_in_chunks("images", [item.source for item in items], encode_images, chunks_dir, batch_size,
-                                   chunk_size, show_progress)
+    chunk_names = encode_in_chunks("images", [item.source for item in items], image_batch_encoder(model, processor),
+                                   chunks_dir, batch_size, chunk_size, show_progress)
     model.train(was_training)
     chunks = [load_file(str(chunks_dir / name)) for name in chunk_names]
     embeds = torch.cat([chunk["embeds"] for chunk in chunks])

@@ -181,6 +181,24 @@ class EmbeddingCache:
         return _build(model, processor, dataset, columns, folder, batch_size, chunk_size, show_progress)
 
 
+def image_batch_encoder(model, processor):
+    """`encode_batch` for `encode_in_chunks` over image cells: `embeds [n, d]` (zeros where unreadable) and
+    `readable [n]`; an image that cannot be decoded is marked, never fatal."""
+    device = next(model.parameters()).device
+    embed_dim = model.config.embed_dim
+
+    def encode_images(values):
+        images = [open_image(value) for value in values]
+        readable = torch.tensor([image is not None for image in images])
+        embeds = torch.zeros(len(values), embed_dim)
+        if readable.any():
+            pixel_values = processor(images=[image for image in images if image is not None], return_tensors="pt")
+            embeds[readable] = model.get_image_features(pixel_values["pixel_values"].to(device)).float().cpu()
+        return {"embeds": embeds, "readable": readable}
+
+    return encode_images
+
+
 def encode_in_chunks(kind, items, encode_batch, folder: Path, batch_size, chunk_size, show_progress):
     """Encode `items` in chunks of `chunk_size`, each saved as `{kind}-{k:05d}.safetensors`; existing chunks are kept."""
     names = []
@@ -241,14 +259,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
             distinct_images.append(value)
         row_image_indices.append(image_index[identity])
 
-    def encode_images(values):
-        images = [open_image(value) for value in values]
-        readable = torch.tensor([image is not None for image in images])
-        embeds = torch.zeros(len(values), embed_dim)
-        if readable.any():
-            pixel_values = processor(images=[image for image in images if image is not None], return_tensors="pt")
-            embeds[readable] = model.get_image_features(pixel_values["pixel_values"].to(device)).float().cpu()
-        return {"embeds": embeds, "readable": readable}
+    encode_images = image_batch_encoder(model, processor)
 
     def encode_texts(texts):
         tokens = processor(text=list(texts), return_tensors="pt").to(device)
