@@ -99,7 +99,9 @@ def run_index(args) -> dict:
                                 source=source, ignored_files=ignored, **options)
     summary = {"index": str(args.output), "images": len(index), "index_type": index.index_type,
                "skipped": index.metadata["skipped"]}
-    print(f"indexed {len(index)} images into {args.output} ({index.index_type}); skipped "
+    build = index.metadata["last_build"]
+    print(f"indexed {len(index)} images into {args.output} ({index.index_type}); encoded {build['encoded']}, "
+          f"reused {build['reused']} unchanged, dropped {build['removed']} gone; skipped "
           f"{summary['skipped']['unreadable_image']} unreadable image(s), ignored "
           f"{summary['skipped']['not_an_image_file']} non-image file(s)")
     return summary

@@ -4,14 +4,17 @@ Layout of an index folder:
 
     index.json                  written last: model, encoder fingerprint, faiss settings, counts, skipped files
     embeddings.safetensors      `embeds [N, d]` float32, L2-normalised gallery image embeddings (row i = ids row i)
-    ids.parquet                 per gallery image: `id` (relative path or dataset id) and `path` (absolute, or "")
+    ids.parquet                 per gallery image: `id` (relative path or dataset id), `path` (absolute, or "") and
+                                `version` (what says the image changed: size:mtime of a file, hash of a dataset cell)
     index.faiss                 the faiss index for "ivf" / "hnsw" (the exact "flat" index is rebuilt from the
                                 embeddings on load: it is the embeddings)
     chunks/                     encoding in progress (safetensors per chunk, `plan.json`); removed once complete
 
 Encoding writes one safetensors chunk at a time, atomically, so an interrupted run resumes at the first missing chunk
 (as long as the model and the list of images are the same; otherwise it starts over and says so). Files that cannot
-be decoded are skipped and counted, never fatal.
+be decoded are skipped and counted, never fatal. Indexing again into a complete index of the same encoder re-encodes
+only what changed: images whose id and version (file size and modification time, or a dataset cell's content hash)
+are unchanged keep their embeddings; images no longer in the gallery are dropped.
 
 Scores are inner products of unit vectors, i.e. cosine similarities, as in SCOT's retrieval (paper §3).
 """
@@ -31,7 +34,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainers.embedding_cache import atomic_save_file, encode_in_chunks, encoder_fingerprint, image_batch_encoder
+from trainers.embedding_cache import (
+    atomic_save_file,
+    encode_in_chunks,
+    encoder_fingerprint,
+    image_batch_encoder,
+    image_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +61,13 @@ def _require_faiss():
 
 @dataclass
 class GalleryItem:
-    """One gallery image: `id` is what results report; `source` is what `open_image` reads (a path or a cell)."""
+    """One gallery image: `id` is what results report; `source` is what `open_image` reads (a path or a cell);
+    `version` changes when the image does (a re-index re-encodes only those)."""
 
     id: str
     source: object
     path: str = ""
+    version: str = ""
 
 
 def list_image_folder(folder) -> tuple[list[GalleryItem], int]:
@@ -70,7 +81,9 @@ def list_image_folder(folder) -> tuple[list[GalleryItem], int]:
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            items.append(GalleryItem(id=relative.as_posix(), source=str(path.resolve()), path=str(path.resolve())))
+            stat = path.stat()
+            items.append(GalleryItem(id=relative.as_posix(), source=str(path.resolve()), path=str(path.resolve()),
+                                     version=f"{stat.st_size}:{stat.st_mtime_ns}"))
         else:
             ignored += 1
     return items, ignored
@@ -90,14 +103,14 @@ def list_dataset_images(dataset, image_column: str = "image", id_column: str | N
     ids = [str(value) for value in dataset[id_column]] if id_column else [str(row) for row in range(len(dataset))]
     if len(set(ids)) != len(ids):
         raise ValueError(f"Column {id_column!r} has repeated values: gallery ids must be unique.")
-    return [GalleryItem(id=item_id, source=cell) for item_id, cell in zip(ids, cells)]
+    return [GalleryItem(id=item_id, source=cell, version=image_identity(cell)) for item_id, cell in zip(ids, cells)]
 
 
 class GalleryIndex:
     """Gallery image embeddings `[N, d]`, their ids, and a faiss index over them (inner product = cosine)."""
 
     def __init__(self, embeds: np.ndarray, ids: list[str], paths: list[str] | None = None, index_type: str = "flat",
-                 faiss_index=None, metadata: dict | None = None, **index_options):
+                 faiss_index=None, metadata: dict | None = None, versions: list[str] | None = None, **index_options):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}.")
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
@@ -106,6 +119,7 @@ class GalleryIndex:
         self.embeds = embeds
         self.ids = list(ids)
         self.paths = list(paths) if paths is not None else [""] * len(ids)
+        self.versions = list(versions) if versions is not None else [""] * len(ids)
         self.index_type = index_type
         self.metadata = dict(metadata or {})
         self.index_options = check_index_options(index_type, len(ids), index_options)
@@ -186,11 +200,17 @@ class GalleryIndex:
         faiss = _require_faiss()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # an index being replaced is incomplete until its new index.json is written
+        (folder / "index.json").unlink(missing_ok=True)
         atomic_save_file({"embeds": torch.from_numpy(self.embeds)}, folder / "embeddings.safetensors")
-        pq.write_table(pa.table({"id": self.ids, "path": self.paths}), folder / "ids.parquet")
+        pq.write_table(pa.table({"id": self.ids, "path": self.paths, "version": self.versions}),
+                       folder / "ids.parquet.tmp")
+        os.replace(folder / "ids.parquet.tmp", folder / "ids.parquet")
         if self.index_type != "flat":
             faiss.write_index(self.faiss_index, str(folder / "index.faiss.tmp"))
             os.replace(folder / "index.faiss.tmp", folder / "index.faiss")
+        else:
+            (folder / "index.faiss").unlink(missing_ok=True)  # left by an earlier ivf / hnsw build
         description = {
             **self.metadata,
             "format_version": INDEX_FORMAT_VERSION,
@@ -226,8 +246,9 @@ class GalleryIndex:
         options = {**description.get("index_options", {}), **search_options}
         metadata = {key: value for key, value in description.items()
                     if key not in ("format_version", "index_type", "index_options", "num_images", "embed_dim")}
+        versions = table.column("version").to_pylist() if "version" in table.column_names else None
         return cls(embeds, table.column("id").to_pylist(), table.column("path").to_pylist(), index_type=index_type,
-                   faiss_index=faiss_index, metadata=metadata, **options)
+                   faiss_index=faiss_index, metadata=metadata, versions=versions, **options)
 
 
 def check_index_options(index_type: str, size: int, given: dict) -> dict:
@@ -256,6 +277,29 @@ def _plan_digest(fingerprint: str, items: list[GalleryItem], chunk_size: int) ->
     return digest.hexdigest()
 
 
+def _reusable_embeddings(output_dir: Path, fingerprint: str, items: list[GalleryItem]) -> tuple[dict, int]:
+    """From a complete index of the same encoder in `output_dir`: {id: embedding} of the items whose version is
+    unchanged, and how many of its images are no longer in the gallery."""
+    if not (output_dir / "index.json").is_file():
+        return {}, 0
+    try:
+        previous = GalleryIndex.load(output_dir)
+    except Exception as error:  # noqa: BLE001 - an unreadable old index is rebuilt, never trusted
+        logger.warning("Ignoring the unreadable index in %s (%s): encoding every image.", output_dir, error)
+        return {}, 0
+    if previous.metadata.get("encoder_fingerprint") != fingerprint:
+        logger.warning("%s was encoded by another encoder: encoding every image.", output_dir)
+        return {}, 0
+    rows = {item_id: row for row, item_id in enumerate(previous.ids)}
+    current = {item.id for item in items}
+    reusable = {}
+    for item in items:
+        row = rows.get(item.id)
+        if row is not None and item.version and previous.versions[row] == item.version:
+            reusable[item.id] = previous.embeds[row]
+    return reusable, sum(item_id not in current for item_id in previous.ids)
+
+
 @torch.no_grad()
 def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, *, index_type: str = "flat",
                         batch_size: int = 32, chunk_size: int = 1024, show_progress: bool = True,
@@ -264,7 +308,9 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
     """Encode `items` with `model.get_image_features` (batched, resumable) and save a `GalleryIndex` in `output_dir`.
 
     `model_name_or_path` is recorded so that queries can load the same model; the encoder fingerprint is recorded so
-    that a query with a different encoder is refused rather than silently wrong.
+    that a query with a different encoder is refused rather than silently wrong. If `output_dir` already holds a
+    complete index of the same encoder, unchanged images keep their embeddings and only new or changed ones are
+    encoded (`index.metadata["last_build"]` counts reused, encoded and removed images).
     """
     if not items:
         raise ValueError("The gallery is empty: no image files (" + ", ".join(IMAGE_SUFFIXES) + ") were found.")
@@ -274,26 +320,36 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
     output_dir = Path(output_dir)
     chunks_dir = output_dir / "chunks"
     fingerprint = encoder_fingerprint(model, processor)
-    plan = {"digest": _plan_digest(fingerprint, items, chunk_size), "num_images": len(items)}
-    plan_file = chunks_dir / "plan.json"
-    if chunks_dir.is_dir():
-        previous = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-        if previous != plan:
-            logger.warning("%s holds chunks of a different model or image list; encoding from the start.", chunks_dir)
-            shutil.rmtree(chunks_dir)
-    chunks_dir.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan))
+    reusable, removed = _reusable_embeddings(output_dir, fingerprint, items)
+    to_encode = [item for item in items if item.id not in reusable]
 
-    was_training = model.training
-    model.eval()
-    chunk_names = encode_in_chunks("images", [item.source for item in items], image_batch_encoder(model, processor),
-                                   chunks_dir, batch_size, chunk_size, show_progress)
-    model.train(was_training)
-    chunks = [load_file(str(chunks_dir / name)) for name in chunk_names]
-    embeds = torch.cat([chunk["embeds"] for chunk in chunks])
-    readable = torch.cat([chunk["readable"] for chunk in chunks]).tolist()
-    kept = [item for item, ok in zip(items, readable) if ok]
-    unreadable = [item.id for item, ok in zip(items, readable) if not ok]
+    encoded, encoded_readable = {}, {}
+    if to_encode:
+        plan = {"digest": _plan_digest(fingerprint, to_encode, chunk_size), "num_images": len(to_encode)}
+        plan_file = chunks_dir / "plan.json"
+        if chunks_dir.is_dir():
+            previous_plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
+            if previous_plan != plan:
+                logger.warning("%s holds chunks of a different model or image list; encoding from the start.",
+                               chunks_dir)
+                shutil.rmtree(chunks_dir)
+        chunks_dir.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan))
+
+        was_training = model.training
+        model.eval()
+        chunk_names = encode_in_chunks("images", [item.source for item in to_encode],
+                                       image_batch_encoder(model, processor), chunks_dir, batch_size, chunk_size,
+                                       show_progress)
+        model.train(was_training)
+        chunks = [load_file(str(chunks_dir / name)) for name in chunk_names]
+        embeds = torch.cat([chunk["embeds"] for chunk in chunks]).numpy()
+        readable = torch.cat([chunk["readable"] for chunk in chunks]).tolist()
+        encoded = {item.id: row for item, row in zip(to_encode, embeds)}
+        encoded_readable = {item.id: ok for item, ok in zip(to_encode, readable)}
+
+    kept = [item for item in items if item.id in reusable or encoded_readable[item.id]]
+    unreadable = [item.id for item in items if item.id not in reusable and not encoded_readable[item.id]]
     if unreadable:
         logger.warning("Skipped %d unreadable image file(s) of %d, e.g. %s", len(unreadable), len(items),
                        ", ".join(unreadable[:3]))
@@ -305,9 +361,12 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
         "source": source or {},
         "skipped": {"unreadable_image": len(unreadable), "not_an_image_file": ignored_files},
         "unreadable_images": unreadable[:1000],
+        "last_build": {"reused": len(reusable), "encoded": len(to_encode), "removed": removed},
     }
-    index = GalleryIndex(embeds[torch.tensor(readable)].numpy(), [item.id for item in kept],
-                         [item.path for item in kept], index_type=index_type, metadata=metadata, **index_options)
+    embeds = np.stack([reusable[item.id] if item.id in reusable else encoded[item.id] for item in kept])
+    index = GalleryIndex(embeds, [item.id for item in kept], [item.path for item in kept], index_type=index_type,
+                         metadata=metadata, versions=[item.version for item in kept], **index_options)
     index.save(output_dir)
-    shutil.rmtree(chunks_dir)
+    if chunks_dir.is_dir():
+        shutil.rmtree(chunks_dir)
     return index

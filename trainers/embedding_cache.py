@@ -98,7 +98,7 @@ def cache_key(model, processor, dataset, columns: TripletColumns) -> str:
     return digest.hexdigest()[:20]
 
 
-def _image_identity(value) -> str:
+def image_identity(value) -> str:
     """A stable key for one image cell (datasets `Image(decode=False)` dict, path string or PIL image)."""
     if isinstance(value, dict):
         if value.get("bytes"):
@@ -253,7 +253,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
     distinct_images = []
     row_image_indices = []
     for value in raw_images:
-        identity = _image_identity(value)
+        identity = image_identity(value)
         if identity not in image_index:
             image_index[identity] = len(distinct_images)
             distinct_images.append(value)

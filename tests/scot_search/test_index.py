@@ -153,3 +153,43 @@ def test_bad_input_is_named(model_and_processor, tmp_path):
         index.search(np.zeros((1, 3), np.float32), k=0)
     with pytest.raises(FileNotFoundError, match="not a complete gallery index"):
         GalleryIndex.load(tmp_path)
+
+
+def test_indexing_again_encodes_only_new_and_changed_images(gallery_folder, model_and_processor, tmp_path,
+                                                           monkeypatch):
+    import shutil
+
+    from tests.scot_search.conftest import draw
+
+    model, processor = model_and_processor
+    folder = tmp_path / "photos"
+    shutil.copytree(gallery_folder, folder)
+    first = build_gallery_index(model, processor, list_image_folder(folder)[0], tmp_path / "index",
+                                index_type="hnsw", show_progress=False)
+    assert first.metadata["last_build"] == {"reused": 0, "encoded": 13, "removed": 0}
+
+    draw("circle", (250, 200, 0)).save(folder / "round" / "circle-yellow.png")        # new
+    draw("square", (120, 0, 120)).save(folder / "angular" / "square-red.png")         # changed
+    (folder / "angular" / "bar-green.png").unlink()                                   # gone
+    encoded = []
+    original = type(model).get_image_features
+
+    def counting(self, pixel_values, *args, **kwargs):
+        encoded.append(len(pixel_values))
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "get_image_features", counting)
+    items = list_image_folder(folder)[0]
+    updated = build_gallery_index(model, processor, items, tmp_path / "index", show_progress=False)
+    # new + changed encoded; broken.png, unreadable before, is tried again (and skipped again)
+    assert updated.metadata["last_build"] == {"reused": 10, "encoded": 3, "removed": 1}
+    assert sum(encoded) == 2
+    assert "angular/bar-green.png" not in updated.ids and "round/circle-yellow.png" in updated.ids
+    assert updated.index_type == "flat" and not (tmp_path / "index" / "index.faiss").exists()
+
+    monkeypatch.setattr(type(model), "get_image_features", original)
+    fresh = build_gallery_index(model, processor, items, tmp_path / "fresh", show_progress=False)
+    assert updated.ids == fresh.ids
+    np.testing.assert_allclose(updated.embeds, fresh.embeds, atol=1e-6)
+    reloaded = GalleryIndex.load(tmp_path / "index")
+    assert reloaded.versions == fresh.versions and all(reloaded.versions)
