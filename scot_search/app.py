@@ -73,7 +73,7 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
     model_name = index.metadata.get("model_name_or_path") or "SCOT model"
     if Path(model_name).is_dir():
         model_name = Path(model_name).name  # a local folder: its name, not where it lies on this machine
-    has_images = any(index.paths)
+    has_images = any(index.paths) or "dataset" in index.metadata.get("source", {})
 
     def search(reference_path, text, k):
         if reference_path is None:
@@ -85,7 +85,8 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
             result = searcher.query(image=image, text=text, k=int(k))
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        gallery = [(hit.path, f"#{hit.rank} {hit.id} · {hit.score:.3f}") for hit in result.hits if hit.path]
+        shown = [(searcher.hit_image(hit), hit) for hit in result.hits] if has_images else []
+        gallery = [(image, f"#{hit.rank} {hit.id} · {hit.score:.3f}") for image, hit in shown if image is not None]
         table = [[hit.rank, hit.id, round(hit.score, 4)] for hit in result.hits]
         weight = result.text_weight
         summary = (f"**Combiner weights:** text λ = **{weight:.2f}**, image 1 − λ = **{1 - weight:.2f}** · "

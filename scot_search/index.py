@@ -4,8 +4,9 @@ Layout of an index folder:
 
     index.json                  written last: model, encoder fingerprint, faiss settings, counts, skipped files
     embeddings.safetensors      `embeds [N, d]` float32, L2-normalised gallery image embeddings (row i = ids row i)
-    ids.parquet                 per gallery image: `id` (relative path or dataset id), `path` (absolute, or "") and
+    ids.parquet                 per gallery image: `id` (relative path or dataset id), `path` (absolute, or ""),
                                 `version` (what says the image changed: size:mtime of a file, hash of a dataset cell)
+                                and `row` (the dataset row of a dataset gallery, else -1)
     index.faiss                 the faiss index for "ivf" / "hnsw" (the exact "flat" index is rebuilt from the
                                 embeddings on load: it is the embeddings)
     chunks/                     encoding in progress (safetensors per chunk, `plan.json`); removed once complete
@@ -68,6 +69,7 @@ class GalleryItem:
     source: object
     path: str = ""
     version: str = ""
+    row: int = -1  # the dataset row, for dataset galleries
 
 
 def list_image_folder(folder) -> tuple[list[GalleryItem], int]:
@@ -103,14 +105,16 @@ def list_dataset_images(dataset, image_column: str = "image", id_column: str | N
     ids = [str(value) for value in dataset[id_column]] if id_column else [str(row) for row in range(len(dataset))]
     if len(set(ids)) != len(ids):
         raise ValueError(f"Column {id_column!r} has repeated values: gallery ids must be unique.")
-    return [GalleryItem(id=item_id, source=cell, version=image_identity(cell)) for item_id, cell in zip(ids, cells)]
+    return [GalleryItem(id=item_id, source=cell, version=image_identity(cell), row=row)
+            for row, (item_id, cell) in enumerate(zip(ids, cells))]
 
 
 class GalleryIndex:
     """Gallery image embeddings `[N, d]`, their ids, and a faiss index over them (inner product = cosine)."""
 
     def __init__(self, embeds: np.ndarray, ids: list[str], paths: list[str] | None = None, index_type: str = "flat",
-                 faiss_index=None, metadata: dict | None = None, versions: list[str] | None = None, **index_options):
+                 faiss_index=None, metadata: dict | None = None, versions: list[str] | None = None,
+                 rows: list[int] | None = None, **index_options):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}.")
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
@@ -120,6 +124,7 @@ class GalleryIndex:
         self.ids = list(ids)
         self.paths = list(paths) if paths is not None else [""] * len(ids)
         self.versions = list(versions) if versions is not None else [""] * len(ids)
+        self.rows = list(rows) if rows is not None else [-1] * len(ids)
         self.index_type = index_type
         self.metadata = dict(metadata or {})
         self.index_options = check_index_options(index_type, len(ids), index_options)
@@ -203,8 +208,8 @@ class GalleryIndex:
         # an index being replaced is incomplete until its new index.json is written
         (folder / "index.json").unlink(missing_ok=True)
         atomic_save_file({"embeds": torch.from_numpy(self.embeds)}, folder / "embeddings.safetensors")
-        pq.write_table(pa.table({"id": self.ids, "path": self.paths, "version": self.versions}),
-                       folder / "ids.parquet.tmp")
+        columns = {"id": self.ids, "path": self.paths, "version": self.versions, "row": pa.array(self.rows, pa.int64())}
+        pq.write_table(pa.table(columns), folder / "ids.parquet.tmp")
         os.replace(folder / "ids.parquet.tmp", folder / "ids.parquet")
         if self.index_type != "flat":
             faiss.write_index(self.faiss_index, str(folder / "index.faiss.tmp"))
@@ -246,9 +251,10 @@ class GalleryIndex:
         options = {**description.get("index_options", {}), **search_options}
         metadata = {key: value for key, value in description.items()
                     if key not in ("format_version", "index_type", "index_options", "num_images", "embed_dim")}
-        versions = table.column("version").to_pylist() if "version" in table.column_names else None
+        optional = {name: table.column(name).to_pylist() for name in ("version", "row") if name in table.column_names}
         return cls(embeds, table.column("id").to_pylist(), table.column("path").to_pylist(), index_type=index_type,
-                   faiss_index=faiss_index, metadata=metadata, versions=versions, **options)
+                   faiss_index=faiss_index, metadata=metadata, versions=optional.get("version"),
+                   rows=optional.get("row"), **options)
 
 
 def check_index_options(index_type: str, size: int, given: dict) -> dict:
@@ -365,7 +371,8 @@ def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, 
     }
     embeds = np.stack([reusable[item.id] if item.id in reusable else encoded[item.id] for item in kept])
     index = GalleryIndex(embeds, [item.id for item in kept], [item.path for item in kept], index_type=index_type,
-                         metadata=metadata, versions=[item.version for item in kept], **index_options)
+                         metadata=metadata, versions=[item.version for item in kept], rows=[item.row for item in kept],
+                         **index_options)
     index.save(output_dir)
     if chunks_dir.is_dir():
         shutil.rmtree(chunks_dir)

@@ -33,6 +33,7 @@ class SearchHit:
     id: str
     score: float
     path: str = ""
+    row: int = -1  # for a dataset gallery: the row of the dataset (split) that was indexed
 
 
 @dataclass
@@ -75,6 +76,7 @@ class GallerySearcher:
         self.processor = processor
         self.index = index
         self.device = next(model.parameters()).device
+        self._dataset = None  # a dataset gallery's images, loaded by `hit_image` when first needed
 
     @classmethod
     def from_pretrained(cls, index_dir, model_name_or_path: str | None = None, device: str | None = None,
@@ -129,6 +131,20 @@ class GallerySearcher:
             reference = image_embeds[0].float().cpu().numpy()
             kept = [(score, position) for score, position in kept
                     if float(self.index.embeds[position] @ reference) < SAME_IMAGE_COSINE]
-        hits = [SearchHit(rank=rank, id=self.index.ids[position], score=score, path=self.index.paths[position])
-                for rank, (score, position) in enumerate(kept[:k], start=1)]
+        hits = [SearchHit(rank=rank, id=self.index.ids[position], score=score, path=self.index.paths[position],
+                          row=self.index.rows[position]) for rank, (score, position) in enumerate(kept[:k], start=1)]
         return SearchResult(mode=mode, hits=hits, text_weight=text_weight)
+
+    def hit_image(self, hit: SearchHit):
+        """What to show for a hit: its file path (folder galleries) or its decoded image, read from the indexed
+        dataset (loaded once, on first use); None when neither is available."""
+        if hit.path:
+            return hit.path
+        source = self.index.metadata.get("source", {})
+        if hit.row < 0 or "dataset" not in source:
+            return None
+        if self._dataset is None:
+            from datasets import load_dataset
+
+            self._dataset = load_dataset(source["dataset"], split=source["split"])
+        return open_image(self._dataset[hit.row][source["image_column"]])

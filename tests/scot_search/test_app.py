@@ -174,3 +174,29 @@ def test_building_the_page_writes_nothing_beside_the_package(searcher):
 
     build_app(searcher)
     assert not Path(scot_search.app.__file__).with_suffix(".pyi").exists()  # Gradio's stub writer stays out
+
+
+@needs_browser
+def test_dataset_gallery_results_show_their_images(browser, gallery_folder, scot_folder, tmp_path):
+    from datasets import Dataset, Image as ImageFeature
+    from selenium.webdriver.common.by import By
+
+    from scot_search import GallerySearcher
+    from scot_search.cli import main
+
+    paths = sorted(str(path) for path in gallery_folder.rglob("*.png") if path.name != "broken.png")
+    (tmp_path / "shapes" / "data").mkdir(parents=True)
+    Dataset.from_dict({"image": paths}).cast_column("image", ImageFeature()).to_parquet(
+        tmp_path / "shapes" / "data" / "train.parquet")
+    assert main(["index", str(tmp_path / "shapes"), "--dataset", "--model", str(scot_folder),
+                 "--output", str(tmp_path / "index")]) == 0
+    searcher = GallerySearcher.from_pretrained(tmp_path / "index")
+    app = build_app(searcher)
+    port = free_port()
+    launch_app(app, searcher, port=port, prevent_thread_lock=True)
+    try:
+        wait = submit(browser, f"http://127.0.0.1:{port}/", gallery_folder / "round" / "circle-red.png", "in blue")
+        wait.until(lambda page: len(page.find_elements(By.CSS_SELECTOR, "#result-gallery img")) >= 10)
+        assert toast_text(browser) == ""
+    finally:
+        app.close()

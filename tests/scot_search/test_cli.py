@@ -75,4 +75,15 @@ def test_index_a_datasets_dataset(gallery_folder, scot_folder, tmp_path, capsys)
                  str(scot_folder), "--output", str(output)]) == 0
     assert f"indexed {len(paths)} images" in capsys.readouterr().out
     assert main(["query", "--index", str(output), "--image", paths[0], "-k", "1", "--json", "--keep_reference"]) == 0
-    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == Path(paths[0]).stem
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert hit["id"] == Path(paths[0]).stem and hit["row"] == 0 and hit["path"] == ""
+
+    # what the web demo shows for a dataset gallery's hit: the image, read back from the indexed dataset
+    import numpy as np
+    from PIL import Image
+
+    from scot_search import GallerySearcher, SearchHit
+
+    searcher = GallerySearcher.from_pretrained(output)
+    shown = searcher.hit_image(SearchHit(rank=1, id=hit["id"], score=hit["score"], row=hit["row"]))
+    np.testing.assert_array_equal(np.asarray(shown.convert("RGB")), np.asarray(Image.open(paths[0]).convert("RGB")))
