@@ -26,6 +26,8 @@ DEFAULT_GALLERY = "outputs/demo/benchmark/dev"  # the demo's tinted stamps: "thi
 DEFAULT_MAX_UPLOAD_MB = 10
 DEFAULT_MAX_PIXELS = 25_000_000
 MAX_K = 50
+UNREADABLE_UPLOAD = ("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
+                     "expected), or it is damaged.")
 
 
 def check_reference_image(path, max_pixels: int):
@@ -44,8 +46,7 @@ def check_reference_image(path, max_pixels: int):
         raise ValueError(f"The image has far more pixels than this demo accepts ({max_pixels / 1e6:.1f} megapixels "
                          "at most).") from None
     except (UnidentifiedImageError, OSError, SyntaxError):
-        raise ValueError("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
-                         "expected), or it is damaged.") from None
+        raise ValueError(UNREADABLE_UPLOAD) from None
 
 
 def _explain_unreadable(decode):
@@ -58,8 +59,7 @@ def _explain_unreadable(decode):
         try:
             return decode(payload)
         except Exception:  # noqa: BLE001 - whatever PIL raises, the user needs the same sentence
-            raise gr.Error("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
-                           "expected), or it is damaged.", print_exception=False) from None
+            raise gr.Error(UNREADABLE_UPLOAD, print_exception=False) from None
 
     return decode_or_explain
 

@@ -236,7 +236,8 @@ class GalleryIndex:
         folder = Path(folder)
         description_file = folder / "index.json"
         if not description_file.is_file():
-            hint = " (indexing was interrupted: run `scot-search index` again to resume)" if (folder / "chunks").is_dir() else ""
+            interrupted = (folder / "chunks").is_dir()
+            hint = " (indexing was interrupted: run `scot-search index` again to resume)" if interrupted else ""
             raise FileNotFoundError(f"{str(folder)!r} is not a complete gallery index: no index.json{hint}.")
         description = json.loads(description_file.read_text())
         if description.get("format_version") != INDEX_FORMAT_VERSION:
@@ -267,7 +268,8 @@ def check_index_options(index_type: str, size: int, given: dict) -> dict:
         options = {"nlist": int(nlist), "nprobe": int(given.get("nprobe") or min(16, nlist))}
         unknown = set(given) - set(options)
     else:
-        options = {"hnsw_m": int(given.get("hnsw_m") or 32), "ef_construction": int(given.get("ef_construction") or 200),
+        options = {"hnsw_m": int(given.get("hnsw_m") or 32),
+                   "ef_construction": int(given.get("ef_construction") or 200),
                    "ef_search": int(given.get("ef_search") or 128)}
         unknown = set(given) - set(options)
     unknown = {name for name in unknown if given[name] is not None}
