@@ -291,6 +291,7 @@ Total time of this run: {time.perf_counter() - started:.0f} s.
     print(f"report:  {report}\npicture: {grid}\nmetrics: {output_dir / 'metrics.json'}")
     print(f"model:   {args.scot_model_dir}/   (AutoModel.from_pretrained)\ntriplets: {args.triplets_dir}/   "
           "(load_dataset)")
+    print("search it in a browser: make web-demo   (scot-search web, http://127.0.0.1:7860)")
     return 0
 
 
