@@ -129,6 +129,10 @@ class GalleryIndex:
         self.metadata = dict(metadata or {})
         self.index_options = check_index_options(index_type, len(ids), index_options)
         self.faiss_index = faiss_index if faiss_index is not None else self._build_faiss_index()
+        if self.index_type == "flat" and len(embeds):
+            # the exact index stores the vectors itself: view them rather than keep a second copy (1 GB per
+            # million 256-d images)
+            self.embeds = _require_faiss().rev_swig_ptr(self.faiss_index.get_xb(), embeds.size).reshape(embeds.shape)
         self._apply_search_options()
 
     # -- faiss ------------------------------------------------------------------------------------------------------
