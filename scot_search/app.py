@@ -114,8 +114,9 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
                 table = gr.Dataframe(headers=["rank", "id", "score"], label="Scores", elem_id="result-table",
                                      interactive=False)
         inputs, outputs = [reference, text, k], [gallery, table, summary]
-        button.click(search, inputs, outputs, api_name="search")
-        text.submit(search, inputs, outputs)
+        # one queue for both triggers: one search at a time (the model and faiss's thread setting are shared)
+        button.click(search, inputs, outputs, api_name="search", concurrency_id="search")
+        text.submit(search, inputs, outputs, concurrency_id="search")
     return app
 
 
