@@ -235,20 +235,8 @@ class GalleryIndex:
     @classmethod
     def load(cls, folder, **search_options) -> GalleryIndex:
         """Load a saved index; `nprobe=` (ivf) or `ef_search=` (hnsw) override the saved search settings."""
-        import pyarrow.parquet as pq
-
         folder = Path(folder)
-        description_file = folder / "index.json"
-        if not description_file.is_file():
-            interrupted = (folder / "chunks").is_dir()
-            hint = " (indexing was interrupted: run `scot-search index` again to resume)" if interrupted else ""
-            raise FileNotFoundError(f"{str(folder)!r} is not a complete gallery index: no index.json{hint}.")
-        description = json.loads(description_file.read_text())
-        if description.get("format_version") != INDEX_FORMAT_VERSION:
-            raise ValueError(f"{str(folder)!r} has index format {description.get('format_version')}, "
-                             f"this version reads {INDEX_FORMAT_VERSION}: rebuild it with `scot-search index`.")
-        embeds = load_file(str(folder / "embeddings.safetensors"))["embeds"].numpy()
-        table = pq.read_table(folder / "ids.parquet")
+        description, embeds, columns = _read_saved_index(folder)
         index_type = description["index_type"]
         faiss_index = None
         if index_type != "flat":
@@ -256,10 +244,26 @@ class GalleryIndex:
         options = {**description.get("index_options", {}), **search_options}
         metadata = {key: value for key, value in description.items()
                     if key not in ("format_version", "index_type", "index_options", "num_images", "embed_dim")}
-        optional = {name: table.column(name).to_pylist() for name in ("version", "row") if name in table.column_names}
-        return cls(embeds, table.column("id").to_pylist(), table.column("path").to_pylist(), index_type=index_type,
-                   faiss_index=faiss_index, metadata=metadata, versions=optional.get("version"),
-                   rows=optional.get("row"), **options)
+        return cls(embeds, columns["id"], columns["path"], index_type=index_type, faiss_index=faiss_index,
+                   metadata=metadata, versions=columns.get("version"), rows=columns.get("row"), **options)
+
+
+def _read_saved_index(folder: Path) -> tuple[dict, np.ndarray, dict[str, list]]:
+    """`index.json`, the embeddings and the ids.parquet columns of a complete saved index (no faiss index built)."""
+    import pyarrow.parquet as pq
+
+    description_file = folder / "index.json"
+    if not description_file.is_file():
+        interrupted = (folder / "chunks").is_dir()
+        hint = " (indexing was interrupted: run `scot-search index` again to resume)" if interrupted else ""
+        raise FileNotFoundError(f"{str(folder)!r} is not a complete gallery index: no index.json{hint}.")
+    description = json.loads(description_file.read_text())
+    if description.get("format_version") != INDEX_FORMAT_VERSION:
+        raise ValueError(f"{str(folder)!r} has index format {description.get('format_version')}, "
+                         f"this version reads {INDEX_FORMAT_VERSION}: rebuild it with `scot-search index`.")
+    embeds = load_file(str(folder / "embeddings.safetensors"))["embeds"].numpy()
+    table = pq.read_table(folder / "ids.parquet")
+    return description, embeds, {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def check_index_options(index_type: str, size: int, given: dict) -> dict:
@@ -294,22 +298,24 @@ def _reusable_embeddings(output_dir: Path, fingerprint: str, items: list[Gallery
     unchanged, and how many of its images are no longer in the gallery."""
     if not (output_dir / "index.json").is_file():
         return {}, 0
-    try:
-        previous = GalleryIndex.load(output_dir)
+    try:  # only the vectors and ids are needed: no faiss index is loaded or built
+        description, embeds, columns = _read_saved_index(output_dir)
     except Exception as error:  # noqa: BLE001 - an unreadable old index is rebuilt, never trusted
         logger.warning("Ignoring the unreadable index in %s (%s): encoding every image.", output_dir, error)
         return {}, 0
-    if previous.metadata.get("encoder_fingerprint") != fingerprint:
+    if description.get("encoder_fingerprint") != fingerprint:
         logger.warning("%s was encoded by another encoder: encoding every image.", output_dir)
         return {}, 0
-    rows = {item_id: row for row, item_id in enumerate(previous.ids)}
+    previous_ids = columns["id"]
+    previous_versions = columns.get("version") or [""] * len(previous_ids)
+    rows = {item_id: row for row, item_id in enumerate(previous_ids)}
     current = {item.id for item in items}
     reusable = {}
     for item in items:
         row = rows.get(item.id)
-        if row is not None and item.version and previous.versions[row] == item.version:
-            reusable[item.id] = previous.embeds[row]
-    return reusable, sum(item_id not in current for item_id in previous.ids)
+        if row is not None and item.version and previous_versions[row] == item.version:
+            reusable[item.id] = embeds[row]
+    return reusable, sum(item_id not in current for item_id in previous_ids)
 
 
 @torch.no_grad()

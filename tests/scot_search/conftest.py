@@ -4,34 +4,20 @@ its index, built with the tiny random SCOT model of tests/conftest.py."""
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220)}
+from tests.trainers.triplet_fixtures import draw  # the coloured shapes of the training tests
+
+COLOURS = ("red", "green", "blue")
 SHAPES = ("circle", "square", "triangle", "bar")
-
-
-def draw(shape: str, colour: tuple[int, int, int], size: int = 48) -> Image.Image:
-    image = Image.new("RGB", (size, size), "white")
-    pen = ImageDraw.Draw(image)
-    box = (8, 8, size - 8, size - 8)
-    if shape == "circle":
-        pen.ellipse(box, fill=colour)
-    elif shape == "square":
-        pen.rectangle(box, fill=colour)
-    elif shape == "triangle":
-        pen.polygon([(size // 2, 6), (size - 6, size - 6), (6, size - 6)], fill=colour)
-    else:
-        pen.rectangle((size // 2 - 6, 4, size // 2 + 6, size - 4), fill=colour)
-    return image
 
 
 def write_gallery(folder: Path) -> Path:
     """12 PNGs in two sub-folders, one file that is not a PNG despite its name, and one text file."""
     for shape in SHAPES:
-        for name, colour in COLOURS.items():
+        for name in COLOURS:
             sub = folder / ("round" if shape == "circle" else "angular")
             sub.mkdir(parents=True, exist_ok=True)
-            draw(shape, colour).save(sub / f"{shape}-{name}.png")
+            draw(shape, name).save(sub / f"{shape}-{name}.png")
     (folder / "broken.png").write_bytes(b"this is not a PNG")
     (folder / "notes.txt").write_text("not an image")
     return folder

@@ -159,7 +159,7 @@ def test_indexing_again_encodes_only_new_and_changed_images(gallery_folder, mode
                                                            monkeypatch):
     import shutil
 
-    from tests.scot_search.conftest import draw
+    from tests.trainers.triplet_fixtures import draw
 
     model, processor = model_and_processor
     folder = tmp_path / "photos"
@@ -168,8 +168,8 @@ def test_indexing_again_encodes_only_new_and_changed_images(gallery_folder, mode
                                 index_type="hnsw", show_progress=False)
     assert first.metadata["last_build"] == {"reused": 0, "encoded": 13, "removed": 0}
 
-    draw("circle", (250, 200, 0)).save(folder / "round" / "circle-yellow.png")        # new
-    draw("square", (120, 0, 120)).save(folder / "angular" / "square-red.png")         # changed
+    draw("circle", "yellow").save(folder / "round" / "circle-yellow.png")             # new
+    draw("square", "yellow").save(folder / "angular" / "square-red.png")              # changed
     (folder / "angular" / "bar-green.png").unlink()                                   # gone
     encoded = []
     original = type(model).get_image_features
