@@ -422,6 +422,58 @@ class ScotModel(ScotPreTrainedModel):
         composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
 
+    # The Combiner composes *embeddings*: a precomputed (cached) text embedding of the modification is as good an
+    # input as its tokens. A composer that reads the tokens themselves (pseudo-word tokens injected into the text
+    # encoder) sets this to False, and callers then pass `input_ids` instead of cached `text_embeds`.
+    composer_accepts_text_embeds = True
+
+    def get_composed_features(
+        self,
+        image_embeds: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        return_text_weight: bool = False,
+        **kwargs,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        r"""The composed query V_c for reference images and modification texts: the one entry point evaluation,
+        search and training use, whatever the composer.
+
+        Args:
+            image_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
+                Reference image embeddings from `get_image_features` (e.g. a cached gallery); else `pixel_values`.
+            input_ids, attention_mask, token_type_ids:
+                The modification texts as `ScotProcessor` tokenises them.
+            pixel_values (`torch.Tensor`, *optional*): the reference images, when `image_embeds` is not given.
+            text_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
+                Precomputed modification text embeddings, accepted when `composer_accepts_text_embeds` is True (the
+                Combiner); used instead of `input_ids`.
+            return_text_weight (`bool`): also return the composer's weight on the text, λ `[batch, 1]` (None for
+                a composer without one).
+
+        Returns:
+            L2-normalised `[batch, embed_dim]` composed embeddings (and λ when asked).
+        """
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("A composed query needs the reference images: pass pixel_values or image_embeds.")
+            image_embeds = self.get_image_features(pixel_values=pixel_values, **kwargs)
+        if text_embeds is not None and not self.composer_accepts_text_embeds:
+            raise ValueError(f"{type(self).__name__}'s composer reads the modification's tokens: pass input_ids and "
+                             "attention_mask, not text_embeds.")
+        if text_embeds is None:
+            if input_ids is None:
+                raise ValueError("A composed query needs the modification texts: pass input_ids or text_embeds.")
+            text_embeds = self.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+        _check_same_batch("get_composed_features", image_embeds, text_embeds, ("reference image", "modification text"))
+        composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
+        return (composed_embeds, text_weight) if return_text_weight else composed_embeds
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -459,8 +511,9 @@ class ScotModel(ScotPreTrainedModel):
             text_embeds = self.get_text_features(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             )
-        _check_same_batch("ScotModel.forward", image_embeds, text_embeds, ("reference image", "modification text"))
-        composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
+        composed_embeds, text_weight = self.get_composed_features(
+            image_embeds, text_embeds=text_embeds, return_text_weight=True
+        )
 
         loss = None
         if modified_caption_embeds is not None:

@@ -10,27 +10,64 @@ from transformers.processing_utils import ProcessorMixin
 _IMAGE_TYPES = "PIL images, numpy arrays, torch tensors or paths to image files"
 
 
-def to_rgb(image, background=(255, 255, 255)):
-    """Return `image` as an RGB PIL image when it is a PIL image, an image file path or a 2-D / 4-channel uint8
-    array; other arrays and tensors are returned unchanged for the image processor.
+# PIL's own decompression-bomb limit; callers that take uploads pass a smaller one.
+DEFAULT_MAX_PIXELS = 89_478_485
 
-    Grayscale, palette and CMYK images are converted; transparent pixels (RGBA, LA, palettes with a transparent
-    index) are composited onto a white `background` rather than dropped, because a plain `convert("RGB")` keeps
-    whatever colour the invisible pixels happen to hold (often black)."""
+
+class ImageLoadError(ValueError):
+    """An image that cannot be decoded, or has more pixels than allowed; the message names the image."""
+
+
+def _is_image_source(value) -> bool:
+    """Whether `load_image` reads `value` (a file, bytes, an Image cell or a PIL image), rather than it being an array."""
     from PIL import Image
 
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy()
-        except (OSError, ValueError) as error:
-            raise ValueError(f"Could not read the image file {str(image)!r}: {error}") from error
-    elif type(image).__module__ == "numpy" and image.dtype == "uint8" and (image.ndim == 2 or image.shape[-1] in (2, 4)):
+    return isinstance(value, (str, os.PathLike, bytes, bytearray, dict, Image.Image))
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(str(source))
+    if isinstance(source, dict) and source.get("path") and not source.get("bytes"):
+        return repr(str(source["path"]))
+    return "(image bytes)" if isinstance(source, (bytes, bytearray, dict)) else f"({type(source).__name__})"
+
+
+def _to_8bit(image):
+    """16-bit and 32-bit integer images scaled to 8 bits (not clipped: a plain `convert` saturates them to white);
+    float images read as [0, 1] when their values lie there, else as [0, 255]."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+    elif image.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    else:  # "I": 32-bit ints, which PIL also uses for 16-bit PNGs
+        peak = values.max() if values.size else 0
+        scale = 1.0 if peak <= 255 else 255.0 / 65535.0 if peak <= 65535 else 255.0 / 4294967295.0
+    return Image.fromarray(np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image, background=(255, 255, 255)):
+    """Return `image` as an RGB PIL image when it is a PIL image, an image file or bytes (decoded by `load_image`) or a
+    2-D / 4-channel uint8 array; other arrays and tensors are returned unchanged for the image processor.
+
+    Grayscale, palette and CMYK images are converted; 16-bit, 32-bit and float images are scaled to 8 bits;
+    transparent pixels (RGBA, LA, palettes with a transparent index) are composited onto a white `background` rather
+    than dropped, because a plain `convert("RGB")` keeps whatever colour the invisible pixels happen to hold."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, dict)):
+        return load_image(image, background=background)
+    if type(image).__module__ == "numpy" and image.dtype == "uint8" and (image.ndim == 2 or image.shape[-1] in (2, 4)):
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         return image
 
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
     if image.mode == "P":
         image = image.convert("RGBA")  # applies the palette's transparent index, if any
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -38,6 +75,54 @@ def to_rgb(image, background=(255, 255, 255)):
         canvas = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, background=(255, 255, 255)):
+    """The one image decoder of the package: an RGB PIL image from a file path, encoded bytes, a `datasets` Image cell
+    (`{"bytes", "path"}`) or a PIL image.
+
+    The EXIF orientation is applied (as `datasets` and transformers' `load_image` do: a phone photo stored sideways
+    embeds as it is shown), then `to_rgb` normalises the mode. The pixel count is read from the header and checked
+    against `max_pixels` *before* the pixels are decoded, so a small file that would expand to gigabytes is refused
+    cheaply. Raises `ImageLoadError` (a `ValueError`) naming the image when it cannot be read or is too large."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source), background)
+    name = _describe(source)
+    if isinstance(source, dict):
+        if source.get("bytes"):
+            source = source["bytes"]
+        elif source.get("path"):
+            source = source["path"]
+        else:
+            raise ImageLoadError(f"The image cell {source!r} holds neither bytes nor a path.")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not isinstance(source, (str, os.PathLike)):
+        raise ImageLoadError(f"Cannot read an image from a value of type {type(source).__name__}: expected "
+                             f"{_IMAGE_TYPES}, encoded bytes or a datasets Image cell.")
+    try:
+        with Image.open(source) as opened:
+            width, height = opened.size  # from the header: nothing is decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageLoadError(f"The image {name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+                                     f"at most {max_pixels / 1e6:.1f} megapixels are accepted.")
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image = image.copy() if image is opened else image
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(f"The image file {name} does not exist.") from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"The image {name} has too many pixels: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        what = "image file" if isinstance(source, (str, os.PathLike)) else "image"
+        raise ImageLoadError(f"Could not read the {what} {name}: {error}") from None
+    return to_rgb(image, background)
 
 
 class ScotProcessor(ProcessorMixin):
@@ -91,7 +176,7 @@ class ScotProcessor(ProcessorMixin):
             for position, image in enumerate(image_list):
                 if image is None:
                     raise ValueError(f"images[{position}] is None: expected one of {_IMAGE_TYPES}.")
-            image_list = [to_rgb(image) for image in image_list]
+            image_list = [load_image(image) if _is_image_source(image) else to_rgb(image) for image in image_list]
             num_images = len(image_list)
             outputs.update(self.image_processor(image_list, return_tensors=return_tensors, **kwargs))
 
@@ -129,4 +214,4 @@ class ScotProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["ScotProcessor", "to_rgb"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ScotProcessor", "load_image", "to_rgb"]
