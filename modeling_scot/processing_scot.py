@@ -81,16 +81,17 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, backgroun
     """The one image decoder of the package: an RGB PIL image from a file path, encoded bytes, a `datasets` Image cell
     (`{"bytes", "path"}`) or a PIL image.
 
-    The EXIF orientation is applied (as `datasets` and transformers' `load_image` do: a phone photo stored sideways
-    embeds as it is shown), then `to_rgb` normalises the mode. The pixel count is read from the header and checked
+    When decoding a file or bytes, the EXIF orientation is applied (as `datasets` and transformers' `load_image` do: a
+    phone photo stored sideways embeds as it is shown); a PIL image is taken as the caller decoded it. Then `to_rgb`
+    normalises the mode. The pixel count is read from the header and checked
     against `max_pixels` *before* the pixels are decoded, so a small file that would expand to gigabytes is refused
     cheaply. Raises `ImageLoadError` (a `ValueError`) naming the image when it cannot be read or is too large."""
     import io
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source), background)
+    if isinstance(source, Image.Image):  # decoded by the caller, who owns its orientation (as image processors do)
+        return to_rgb(source, background)
     name = _describe(source)
     if isinstance(source, dict):
         if source.get("bytes"):
@@ -117,8 +118,10 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, backgroun
         raise
     except FileNotFoundError:
         raise ImageLoadError(f"The image file {name} does not exist.") from None
-    except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"The image {name} has too many pixels: {error}") from None
+    except Image.DecompressionBombError:  # PIL refuses at open, before our check, above twice its own limit
+        limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
+        raise ImageLoadError(f"The image {name} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                             f"(a decompression bomb); at most {limit / 1e6:.1f} megapixels are accepted.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         what = "image file" if isinstance(source, (str, os.PathLike)) else "image"
         raise ImageLoadError(f"Could not read the {what} {name}: {error}") from None
