@@ -33,6 +33,14 @@ def encoder_embed_dim(encoder_config: PreTrainedConfig) -> int:
     return encoder_config.projection_dim
 
 
+def encoder_text_positions(encoder_config: PreTrainedConfig) -> int | None:
+    """How many token positions the encoder's text side has (CLIP: 77), or None when its config does not say: texts
+    longer than this must be truncated, or the position embeddings run out."""
+    model_type = getattr(encoder_config, "model_type", None)
+    text_config = encoder_config.qformer_config if model_type == "blip-2" else getattr(encoder_config, "text_config", None)
+    return getattr(text_config, "max_position_embeddings", None)
+
+
 @strict
 class ScotConfig(PreTrainedConfig):
     r"""

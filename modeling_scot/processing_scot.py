@@ -5,6 +5,9 @@ import os
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # What the processor accepts as one image, for error messages.
 _IMAGE_TYPES = "PIL images, numpy arrays, torch tensors or paths to image files"
@@ -143,11 +146,21 @@ class ScotProcessor(ProcessorMixin):
 
     @classmethod
     def from_backbone(cls, backbone: str | os.PathLike, **kwargs) -> "ScotProcessor":
-        """The processor for a model built with `ScotModel.from_backbone(backbone)`, from the same folder or hub id."""
-        return cls(
-            image_processor=AutoImageProcessor.from_pretrained(backbone, **kwargs),
-            tokenizer=AutoTokenizer.from_pretrained(backbone, **kwargs),
-        )
+        """The processor for a model built with `ScotModel.from_backbone(backbone)`, from the same folder or hub id.
+
+        The tokenizer's `model_max_length` is capped at the text encoder's position limit (CLIP: 77), so long
+        modification texts are truncated instead of overflowing the position embeddings; saved with the processor."""
+        from transformers import AutoConfig
+
+        from .configuration_scot import encoder_text_positions
+
+        tokenizer = AutoTokenizer.from_pretrained(backbone, **kwargs)
+        positions = encoder_text_positions(AutoConfig.from_pretrained(backbone, **kwargs))
+        if positions is not None and tokenizer.model_max_length > positions:
+            logger.info("Texts are truncated at the text encoder's %d positions (the tokenizer said %s).", positions,
+                        tokenizer.model_max_length)
+            tokenizer.model_max_length = positions
+        return cls(image_processor=AutoImageProcessor.from_pretrained(backbone, **kwargs), tokenizer=tokenizer)
 
     def __call__(
         self,

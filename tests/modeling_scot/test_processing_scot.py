@@ -108,3 +108,19 @@ def test_unreadable_image_file_is_named(clip_processor, tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="Could not read the image file .*broken.jpg"):
         clip_processor(images=[str(broken)])
+
+
+@pytest.mark.parametrize("family", ["clip", "blip2", "dual_encoder"])
+def test_long_texts_are_cut_at_the_text_encoders_positions(family, backbone_folders):
+    from transformers import AutoConfig
+
+    from modeling_scot import ScotModel
+    from modeling_scot.configuration_scot import encoder_text_positions
+
+    folder = backbone_folders[family]
+    processor = ScotProcessor.from_backbone(folder)
+    positions = encoder_text_positions(AutoConfig.from_pretrained(folder))
+    tokens = processor(text=["make it " + "very " * 300 + "blue"], return_tensors="pt")
+    assert tokens["input_ids"].shape[1] <= positions
+    embeds = ScotModel.from_backbone(folder).get_text_features(**tokens)  # no position overflow
+    assert embeds.shape[0] == 1 and torch.isfinite(embeds).all()
