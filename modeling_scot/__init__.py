@@ -16,6 +16,7 @@ from .modeling_scot import (
     compute_scot_loss,
     infonce_loss,
     scot_loss,
+    scot_split_loss,
 )
 from .processing_scot import ScotProcessor
 
@@ -39,4 +40,5 @@ __all__ = [
     "compute_scot_loss",
     "infonce_loss",
     "scot_loss",
+    "scot_split_loss",
 ]

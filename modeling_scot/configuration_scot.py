@@ -17,7 +17,7 @@ SUPPORTED_ENCODERS = {
 }
 BLIP2_QUERY_POOLINGS = ("mean", "first")
 TEXT_POOLINGS = ("pooler", "mean")
-LOSS_TYPES = ("scot", "infonce")
+LOSS_TYPES = ("scot", "scot_split", "infonce", "infonce_captions")
 
 
 def encoder_embed_dim(encoder_config: PreTrainedConfig) -> int:
@@ -68,7 +68,10 @@ class ScotConfig(PreTrainedConfig):
         freeze_encoder (`bool`, *optional*, defaults to `True`):
             Keep the encoder frozen (no gradients, eval mode) as in the paper. Re-applied after `from_pretrained`.
         loss_type (`str`, *optional*, defaults to `"scot"`):
-            `"scot"` for the paper's loss (Eq. 4-9) or `"infonce"` for CLIP4Cir's cross-entropy over scaled cosines.
+            `"scot"`: the paper's loss, Eq. 4-9 as written (`scot_loss`); `"scot_split"`: a reading of it with a
+            mean positive term and hard negatives only (`scot_split_loss`; ours, not the paper's); `"infonce"`:
+            CLIP4Cir's cross-entropy over scaled cosines; `"infonce_captions"`: InfoNCE with the original captions
+            as extra negatives (Eq. 8's idea in InfoNCE form).
         alpha_pos (`float`, *optional*, defaults to 10.0):
             α_pos, weight of the positive term (Eq. 9).
         alpha_neg (`float`, *optional*, defaults to 0.1):

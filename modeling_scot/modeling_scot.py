@@ -85,19 +85,66 @@ def scot_loss(
     return alpha_pos * positive_loss + alpha_neg * negative_loss  # Eq. 9
 
 
+def _logsumexp_where(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """log Σ exp(values) over the kept entries only; 0 (no term, no gradient) when none is kept."""
+    if not keep.any():
+        return values.sum() * 0.0
+    return torch.logsumexp(values[keep], dim=0)
+
+
+def scot_split_loss(
+    composed_embeds: torch.Tensor,
+    modified_caption_embeds: torch.Tensor,
+    caption_embeds: torch.Tensor | None = None,
+    alpha_pos: float = 10.0,
+    alpha_neg: float = 0.1,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    r"""A *reading* of the SCOT loss, not the paper's equations: Eq. 4-9 with the two surprises of the literal form
+    removed (see `scot_loss`). Offered so that the literal form can be compared with what it plausibly means.
+
+    - L_pos = −(1/N) Σ_i S(V_c^i, T_u^i): the mean positive similarity (no log over a batch sum).
+    - L'_neg = log Σ_{i≠j, S(V_c^i, T_u^j) > λ} exp S(V_c^i, T_u^j): hard negatives only — the diagonal and the
+      negatives at or below the margin contribute nothing (in the literal form each adds exp(0) = 1).
+    - L''_neg = L'_neg + log Σ_{i,j: S(V_c^i, T^j) > λ} exp S(V_c^i, T^j) (original captions, when given).
+    - L = α_pos · L_pos + α_neg · L''_neg. An empty set of hard negatives contributes 0.
+    """
+    if composed_embeds.shape != modified_caption_embeds.shape:
+        raise ValueError(
+            "scot_split_loss expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
+            f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
+        )
+    similarity = _cosine_matrix(composed_embeds, modified_caption_embeds)
+    positive_loss = -similarity.diagonal().mean()
+    off_diagonal = ~torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
+    negative_loss = _logsumexp_where(similarity, off_diagonal & (similarity > margin))
+    if caption_embeds is not None:
+        caption_similarity = _cosine_matrix(composed_embeds, caption_embeds)
+        negative_loss = negative_loss + _logsumexp_where(caption_similarity, caption_similarity > margin)
+    return alpha_pos * positive_loss + alpha_neg * negative_loss
+
+
 def infonce_loss(
-    composed_embeds: torch.Tensor, modified_caption_embeds: torch.Tensor, temperature: float = 0.01
+    composed_embeds: torch.Tensor,
+    modified_caption_embeds: torch.Tensor,
+    temperature: float = 0.01,
+    caption_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standard InfoNCE as CLIP4Cir trains its Combiner: cross-entropy over cos / temperature (100 · cos by default),
-    row i's positive being modified caption i and the other rows of the batch its negatives. Mean over rows."""
+    row i's positive being modified caption i and the other rows of the batch its negatives. Mean over rows.
+
+    With `caption_embeds` (`[M, d]`), the original captions are extra negatives of every row (Eq. 8's idea in
+    InfoNCE form): the logits are `[S(V_c, T_u) | S(V_c, T)] / temperature`, the label still modified caption i."""
     if composed_embeds.shape != modified_caption_embeds.shape:
         raise ValueError(
             "infonce_loss expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
             f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
         )
-    logits = _cosine_matrix(composed_embeds, modified_caption_embeds) / temperature
+    logits = _cosine_matrix(composed_embeds, modified_caption_embeds)
+    if caption_embeds is not None:
+        logits = torch.cat([logits, _cosine_matrix(composed_embeds, caption_embeds)], dim=1)
     labels = torch.arange(logits.shape[0], device=logits.device)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits / temperature, labels)
 
 
 def compute_scot_loss(
@@ -109,7 +156,10 @@ def compute_scot_loss(
     """The loss `config.loss_type` selects, with the config's settings."""
     if config.loss_type == "infonce":
         return infonce_loss(composed_embeds, modified_caption_embeds, temperature=config.infonce_temperature)
-    return scot_loss(
+    if config.loss_type == "infonce_captions":
+        return infonce_loss(composed_embeds, modified_caption_embeds, config.infonce_temperature, caption_embeds)
+    scot_loss_function = scot_split_loss if config.loss_type == "scot_split" else scot_loss
+    return scot_loss_function(
         composed_embeds,
         modified_caption_embeds,
         caption_embeds,
@@ -537,4 +587,5 @@ __all__ = [
     "compute_scot_loss",
     "infonce_loss",
     "scot_loss",
+    "scot_split_loss",
 ]

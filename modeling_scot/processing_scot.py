@@ -21,6 +21,10 @@ class ImageLoadError(ValueError):
     """An image that cannot be decoded, or has more pixels than allowed; the message names the image."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """An image with more pixels than allowed, refused from its header (nothing decoded)."""
+
+
 def _is_image_source(value) -> bool:
     """Whether `load_image` reads `value` (a file, bytes, an Image cell or a PIL image), rather than it being an array."""
     from PIL import Image
@@ -112,8 +116,8 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, backgroun
         with Image.open(source) as opened:
             width, height = opened.size  # from the header: nothing is decoded yet
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageLoadError(f"The image {name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
-                                     f"at most {max_pixels / 1e6:.1f} megapixels are accepted.")
+                raise ImageTooLargeError(f"The image {name} is {width}x{height} = {width * height / 1e6:.1f} "
+                                         f"megapixels; at most {max_pixels / 1e6:.1f} megapixels are accepted.")
             opened.load()
             image = ImageOps.exif_transpose(opened)
             image = image.copy() if image is opened else image
@@ -123,8 +127,9 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, backgroun
         raise ImageLoadError(f"The image file {name} does not exist.") from None
     except Image.DecompressionBombError:  # PIL refuses at open, before our check, above twice its own limit
         limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
-        raise ImageLoadError(f"The image {name} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
-                             f"(a decompression bomb); at most {limit / 1e6:.1f} megapixels are accepted.") from None
+        raise ImageTooLargeError(f"The image {name} has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.1f} "
+                                 f"megapixels (a decompression bomb); at most {limit / 1e6:.1f} megapixels are "
+                                 "accepted.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         what = "image file" if isinstance(source, (str, os.PathLike)) else "image"
         raise ImageLoadError(f"Could not read the {what} {name}: {error}") from None
@@ -230,4 +235,4 @@ class ScotProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ScotProcessor", "load_image", "to_rgb"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ImageTooLargeError", "ScotProcessor", "load_image", "to_rgb"]

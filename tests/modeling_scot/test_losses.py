@@ -99,3 +99,42 @@ def test_compute_scot_loss_follows_the_config():
 def test_losses_reject_mismatched_shapes(loss_fn):
     with pytest.raises(ValueError, match="same shape"):
         loss_fn(COMPOSED, MODIFIED[:2])
+
+
+# -- the "split" reading (ours, issue 14) and InfoNCE with caption negatives, on the same 3 x 3 case ---------------
+
+
+def test_scot_split_reading_matches_hand_computation():
+    from modeling_scot import scot_split_loss
+
+    # mean positive; off-diagonal negatives above 0.2 only: S[1,0] = S[2,1] = 0.8 (0.15 and the zeros add nothing,
+    # nor does the diagonal); captions above 0.2: 0.9, 1.0, 0.3, d, e.
+    positive = -(0.6 + 0.6 + C) / 3
+    negative_modified = math.log(2 * exp(0.8))
+    negative_captions = math.log(exp(0.9) + exp(1.0) + exp(0.3) + exp(D) + exp(E))
+    loss = scot_split_loss(COMPOSED, MODIFIED, CAPTIONS, alpha_pos=10.0, alpha_neg=0.1, margin=0.2)
+    assert loss.item() == pytest.approx(10.0 * positive + 0.1 * (negative_modified + negative_captions), abs=1e-9)
+    # no hard negative at all: only the positive term is left, and it still has a gradient
+    composed = COMPOSED.clone().requires_grad_()
+    loss = scot_split_loss(composed, MODIFIED, None, alpha_pos=1.0, alpha_neg=1.0, margin=0.95)
+    assert loss.item() == pytest.approx(positive, abs=1e-9)
+    loss.backward()
+    assert composed.grad.abs().sum() > 0
+
+
+def test_infonce_with_caption_negatives_matches_hand_computation():
+    rows = [  # logits at temperature 1: [S(V_c^i, T_u^j) for j | S(V_c^i, T^j) for j], label i
+        [0.6, 0.0, 0.15, 0.9, 0.0, 0.1],
+        [0.8, 0.6, 0.0, 0.0, 1.0, 0.3],
+        [0.0, 0.8, C, D, 0.0, E],
+    ]
+    expected = sum(math.log(sum(exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / 3
+    loss = infonce_loss(COMPOSED, MODIFIED, temperature=1.0, caption_embeds=CAPTIONS)
+    assert loss.item() == pytest.approx(expected, abs=1e-9)
+    config = ScotConfig(loss_type="infonce_captions", infonce_temperature=1.0)
+    assert compute_scot_loss(config, COMPOSED, MODIFIED, CAPTIONS).item() == pytest.approx(expected, abs=1e-9)
+    config = ScotConfig(loss_type="scot_split")
+    from modeling_scot import scot_split_loss
+
+    assert compute_scot_loss(config, COMPOSED, MODIFIED, CAPTIONS).item() == pytest.approx(
+        scot_split_loss(COMPOSED, MODIFIED, CAPTIONS).item(), abs=1e-12)
