@@ -14,7 +14,7 @@ DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fon
 # The web demo's browser test drives Debian's Chromium through its WebDriver
 BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test bench clean
+.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast bench clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,10 +50,11 @@ apt-install:
 		fi; \
 	fi
 
-# the Gradio demo on the model and gallery of `make demo` (http://127.0.0.1:7860)
+# the Gradio demo on the model and gallery of `make demo` (http://127.0.0.1:7860); the gallery (the demo's tinted
+# stamps: "this, but in blue" has an answer) is indexed on the first run
 web-demo: $(STAMP)
 	test -d scot-demo || $(MAKE) demo
-	$(BIN)/scot-search web
+	$(BIN)/scot-search web --model scot-demo --index outputs/demo/gallery-index --gallery outputs/demo/benchmark/dev
 
 quickstart: $(STAMP)
 	$(BIN)/python scripts/quickstart.py --output_dir outputs/quickstart
@@ -65,6 +66,10 @@ test-packages:
 
 test: $(STAMP) test-packages
 	$(BIN)/python -m pytest -q tests
+
+# the edit loop: everything but the tests marked `slow` (subprocess launches, the browser, > ~5 s each)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # CLIP's BPE vocabulary ships in the open-clip-torch wheel; --no-deps keeps its torchvision out of the venv
 bench: $(STAMP)

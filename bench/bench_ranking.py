@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the trainers package lives in the repository root
-from trainers.metrics import circo_map_at_k, cirr_recall, recall_at_k, topk_indices  # noqa: E402
+from scot_eval.metrics import circo_map_at_k, cirr_recall, recall_at_k, topk_indices  # noqa: E402
 
 
 def _full_sort(scores: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .cards import (
     training_summary,
     update_model_card,
 )
+from .image_dataset_card import render_image_dataset_card
 
 __all__ = [
     "PIPELINE_TAG",
@@ -27,6 +28,7 @@ __all__ = [
     "model_card_from_folder",
     "read_training_record",
     "render_dataset_card",
+    "render_image_dataset_card",
     "render_model_card",
     "render_results_section",
     "size_category",

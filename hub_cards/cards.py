@@ -1,11 +1,12 @@
 """Model and dataset cards for SCOT, rendered with huggingface_hub's `ModelCard` / `DatasetCard` from Jinja templates.
 
-Everything here takes plain dicts (a config's `to_dict()`, `TrainingArguments.to_dict()`, `Trainer` log history, the
-results `trainers.evaluate` returns or writes to `metrics.json`, the statistics `data_gen` counts), so the module
-needs only huggingface_hub and jinja2: trainers, data_gen and the demo call it, it never imports them.
+Everything here takes plain data (a config's `to_dict()`, `TrainingArguments.to_dict()`, `Trainer` log history, the
+statistics `data_gen` counts) and the evaluation's `EvaluationResult` (or its dict form, `metrics.json`), so the
+module needs only huggingface_hub, jinja2 and the pure-Python `scot_eval.results`: trainers, data_gen and the demo
+call it, it never imports them.
 
-Only measured numbers go in: a model-index entry is made from a `trainers.evaluate` result of the model itself
-(method `scot`); with none, the card has no model-index and says the model was not evaluated.
+Only measured numbers go in: a model-index entry is made from an evaluation result of the model itself (method
+`scot`); with none, the card has no model-index and says the model was not evaluated.
 """
 
 import json
@@ -21,6 +22,8 @@ from huggingface_hub import (
     ModelCardData,
 )
 
+from scot_eval.results import AVERAGE, EvaluationResult, MetricValue
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES_DIR / "model_card.md.j2"
 RESULTS_TEMPLATE = TEMPLATES_DIR / "model_card_results.md.j2"
@@ -35,10 +38,9 @@ PIPELINE_TAG = "image-feature-extraction"
 TASK_NAME = "Composed image retrieval"
 DEFAULT_TAGS = ("scot", "composed-image-retrieval", "zero-shot-composed-image-retrieval")
 BENCHMARK_NAMES = {"fashioniq": "FashionIQ", "cirr": "CIRR", "circo": "CIRCO"}
-# `trainers.evaluate` metric names: "R@10", "Rsubset@1", "mAP@5", FashionIQ's prefixed by the category ("dress_R@10")
-# or "average_". Model-index ids follow the sentence-transformers cards' style ("recall@10").
-_METRIC_KEY = re.compile(r"^(?:(?P<group>[A-Za-z0-9]+)_)?(?P<kind>Rsubset|R|mAP)@(?P<k>\d+)$")
-_METRIC_IDS = {"R": "recall", "Rsubset": "recall_subset", "mAP": "map"}
+# What a card adds to an evaluation result given as a dict: the dataset it was measured on, when not the benchmark's
+# own (the demo's colour benchmark is scored with the CIRR protocol), and the comparison table's row label
+CARD_LABELS = ("dataset_name", "dataset_type", "label")
 _PROXY_KEY = re.compile(r"^eval_R@\d+$")  # ScotTrainer's held-out composed -> modified-caption recall
 METHOD_LABELS = {
     "scot": "SCOT (this model)",
@@ -79,40 +81,44 @@ def hub_id_or_none(name) -> str | None:
     return name
 
 
-# -- evaluation results ------------------------------------------------------------------------------------------------
+# -- evaluation results -----------------------------------------------------------------------------------------------
 
 
-def eval_results_from_evaluation(evaluation: dict) -> list[EvalResult]:
-    """Model-index entries from one `trainers.evaluate` result (what `evaluate_benchmark` returns or `write_outputs`
-    writes to `metrics.json`: `{"benchmark", "split", "method", "metrics": {"R@1": 31.2, ...}}`).
+def _as_result(evaluation: EvaluationResult | dict) -> tuple[EvaluationResult, dict]:
+    """(the result, its card labels) from an `EvaluationResult` or its dict form with optional `CARD_LABELS`."""
+    if isinstance(evaluation, EvaluationResult):
+        return evaluation, {}
+    return EvaluationResult.from_dict(evaluation), {key: evaluation[key] for key in CARD_LABELS if key in evaluation}
+
+
+def _dataset_name(result: EvaluationResult, labels: dict) -> str:
+    return labels.get("dataset_name", BENCHMARK_NAMES.get(result.benchmark, result.benchmark))
+
+
+def eval_results_from_evaluation(evaluation: EvaluationResult | dict) -> list[EvalResult]:
+    """Model-index entries from one evaluation result: an `EvaluationResult` (what `evaluate_benchmark` returns) or
+    its dict form (`metrics.json`: `{"benchmark", "split", "method", "metrics": {"R@1": 31.2, ...}}`).
 
     Only the model's own method, `scot`, counts: the `image` / `text` / `sum` baselines measure the encoder, not this
     model. A test split has no metrics (submission files only) and gives nothing. FashionIQ's categories become
-    dataset configs (`dress`, `shirt`, `toptee`); their mean has no config. `dataset_name` / `dataset_type` in the
-    result override the benchmark's (the demo's colour benchmark is scored with the CIRR protocol)."""
-    if evaluation.get("method", "scot") != "scot":
+    dataset configs (`dress`, `shirt`, `toptee`); their mean has no config. `dataset_name` / `dataset_type` in a
+    dict result override the benchmark's (the demo's colour benchmark is scored with the CIRR protocol)."""
+    result, labels = _as_result(evaluation)
+    if result.method != "scot":
         return []
-    benchmark = evaluation["benchmark"]
-    results = []
-    for key, value in (evaluation.get("metrics") or {}).items():
-        match = _METRIC_KEY.match(key)
-        if match is None:
-            continue  # not a paper metric: nothing standard to call it
-        group = match["group"]
-        results.append(EvalResult(
-            task_type=PIPELINE_TAG,
-            task_name=TASK_NAME,
-            dataset_type=evaluation.get("dataset_type", benchmark),
-            dataset_name=evaluation.get("dataset_name", BENCHMARK_NAMES.get(benchmark, benchmark)),
-            dataset_split=evaluation.get("split"),
-            dataset_config=None if group in (None, "average") else group,
-            metric_type=f"{_METRIC_IDS[match['kind']]}@{match['k']}",
-            metric_name=f"{match['kind']}@{match['k']}",
-            metric_value=round(float(value), 2),
-            # FashionIQ numbers depend on how its two captions are joined (CLIP4Cir's "c1 and c2", SEARLE's both orders)
-            metric_config=evaluation.get("fashioniq_captions") if benchmark == "fashioniq" else None,
-        ))
-    return results
+    return [EvalResult(
+        task_type=PIPELINE_TAG,
+        task_name=TASK_NAME,
+        dataset_type=labels.get("dataset_type", result.benchmark),
+        dataset_name=_dataset_name(result, labels),
+        dataset_split=result.split,
+        dataset_config=None if metric.group in (None, AVERAGE) else metric.group,
+        metric_type=metric.metric_id,
+        metric_name=metric.name,
+        metric_value=round(float(metric.value), 2),
+        # FashionIQ numbers depend on how its two captions are joined (CLIP4Cir's "c1 and c2", SEARLE's both orders)
+        metric_config=result.fashioniq_captions if result.benchmark == "fashioniq" else None,
+    ) for metric in result.metric_values]
 
 
 def _result_key(result: EvalResult) -> tuple:
@@ -164,32 +170,31 @@ def render_results_section(eval_results: list[EvalResult] | None, model_name: st
     return _jinja_template(RESULTS_TEMPLATE).render(tables=_results_tables(eval_results or [], model_name)).strip()
 
 
-def _comparison_tables(evaluations: list[dict]) -> list[dict]:
+def _comparison_tables(evaluations: list[EvaluationResult | dict]) -> list[dict]:
     """Tables of every method measured on a benchmark split, where more than the model itself was measured."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[tuple[EvaluationResult, dict]]] = {}
     for evaluation in evaluations:
-        if evaluation.get("metrics"):
-            benchmark = evaluation["benchmark"]
-            key = (evaluation.get("dataset_name", BENCHMARK_NAMES.get(benchmark, benchmark)), evaluation.get("split"),
-                   evaluation.get("fashioniq_captions"))
-            groups.setdefault(key, []).append(evaluation)
+        result, labels = _as_result(evaluation)
+        if result.metric_values:
+            key = (_dataset_name(result, labels), result.split, result.fashioniq_captions)
+            groups.setdefault(key, []).append((result, labels))
     tables = []
     for (dataset_name, split, captions), group in groups.items():
-        if all(evaluation.get("method", "scot") == "scot" for evaluation in group):
+        if all(result.method == "scot" for result, _ in group):
             continue  # nothing to compare with: the Results section has it all
-        metrics = list(dict.fromkeys(name for evaluation in group for name in evaluation["metrics"]))
+        metrics = list(dict.fromkeys(key for result, _ in group for key in result.metrics))
         title = f"**{dataset_name}**" + (f", split `{split}`" if split else "")
         title += f", captions `{captions}`" if captions else ""
         tables.append({"title": title, "metrics": metrics, "rows": [
-            {"label": evaluation.get("label") or METHOD_LABELS.get(evaluation.get("method"), evaluation.get("method")),
-             "cells": [_format_value(evaluation["metrics"].get(name)) for name in metrics]}
-            for evaluation in group]})
+            {"label": labels.get("label") or METHOD_LABELS.get(result.method, result.method),
+             "cells": [_format_value(result.metrics.get(name)) for name in metrics]}
+            for result, labels in group]})
     return tables
 
 
 def evaluations_from_log_history(log_history: list[dict], cir_benchmark: dict | None, step: int | None = None,
-                                 metric_key_prefix: str = "eval") -> list[dict]:
-    """The last CIR benchmark evaluation `ScotTrainer` logged (`eval_cirr_R@1`, ...), as a `trainers.evaluate` result.
+                                 metric_key_prefix: str = "eval") -> list[EvaluationResult]:
+    """The last CIR benchmark evaluation `ScotTrainer` logged (`eval_cirr_R@1`, ...), as an `EvaluationResult`.
 
     With `step`, only an evaluation logged at that step counts: an older one measured other weights."""
     if not cir_benchmark:
@@ -199,15 +204,15 @@ def evaluations_from_log_history(log_history: list[dict], cir_benchmark: dict | 
     entries = [entry for entry in log_history or [] if any(key.startswith(prefix) for key in entry)]
     if not entries or (step is not None and entries[-1].get("step") != step):
         return []
-    evaluation = {"benchmark": benchmark, "split": cir_benchmark.get("split", "val"),
-                  "method": cir_benchmark.get("method", "scot"),
-                  "metrics": {key[len(prefix):]: value for key, value in entries[-1].items() if key.startswith(prefix)}}
-    if benchmark == "fashioniq":
-        evaluation["fashioniq_captions"] = cir_benchmark.get("fashioniq_captions", "clip4cir")
-    return [evaluation]
+    return [EvaluationResult(
+        benchmark=benchmark, split=cir_benchmark.get("split", "val"), method=cir_benchmark.get("method", "scot"),
+        metric_values=[MetricValue.from_key(key[len(prefix):], value) for key, value in entries[-1].items()
+                       if key.startswith(prefix)],
+        fashioniq_captions=cir_benchmark.get("fashioniq_captions", "clip4cir") if benchmark == "fashioniq" else None,
+    )]
 
 
-# -- model card --------------------------------------------------------------------------------------------------------
+# -- model card -------------------------------------------------------------------------------------------------------
 
 
 def training_summary(training_args: dict | None, log_history: list[dict] | None = None, *, global_step=None,
@@ -284,7 +289,8 @@ def _license_of_local_model(path) -> str | None:
         return None
 
 
-def render_model_card(config, *, model_name: str, repo_id: str | None = None, evaluations: list[dict] | None = None,
+def render_model_card(config, *, model_name: str, repo_id: str | None = None,
+                      evaluations: list[EvaluationResult | dict] | None = None,
                       eval_results: list[EvalResult] | None = None, training: dict | None = None,
                       dataset: dict | None = None, license: str | None = None, base_model: str | None = None,
                       tags: list[str] | None = None, description: str | None = None,
@@ -294,7 +300,7 @@ def render_model_card(config, *, model_name: str, repo_id: str | None = None, ev
     Args:
         config: the model's `ScotConfig` (or its `to_dict()`).
         model_name: the card's title and the model-index name; `repo_id` (default `model_name`) goes in the usage code.
-        evaluations: `trainers.evaluate` results (dicts as in `metrics.json`). The `scot` ones become the
+        evaluations: `EvaluationResult`s (or their dict form, as in `metrics.json`). The `scot` ones become the
             model-index; when baselines of the same benchmark are there too, a comparison table lists every method.
         eval_results: model-index entries already known (from an existing card); `evaluations` replace the same ones.
         training: `training_summary(...)`; None says no training record exists.
@@ -370,8 +376,8 @@ def model_card_from_folder(folder, *, training_folder=None, dataset: dict | None
     return render_model_card(config, training=training, dataset=dataset, **kwargs)
 
 
-def update_model_card(folder, evaluation: dict) -> ModelCard:
-    """Record a `trainers.evaluate` result in the README.md model card of a saved SCOT folder and return the card.
+def update_model_card(folder, evaluation: EvaluationResult | dict) -> ModelCard:
+    """Record an evaluation result in the README.md model card of a saved SCOT folder and return the card.
 
     The model-index gains the result's entries (replacing earlier ones for the same benchmark, split and metric) and
     the Results section is re-rendered from the model-index; the rest of the card is left as it was. A folder with no
@@ -399,7 +405,7 @@ def update_model_card(folder, evaluation: dict) -> ModelCard:
     return card
 
 
-# -- dataset card ------------------------------------------------------------------------------------------------------
+# -- dataset card -----------------------------------------------------------------------------------------------------
 
 
 def size_category(rows: int) -> str:

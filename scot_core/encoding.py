@@ -63,24 +63,35 @@ def encoder_fingerprint(model, processor) -> str:
     return fingerprint
 
 
-def image_identity(value) -> str:
-    """A stable key for one image cell (datasets `Image(decode=False)` dict, path string or PIL image)."""
+def is_missing_image(value) -> bool:
+    """True for a cell that holds no image at all: None (a null dataset cell) or an Image cell with neither bytes nor
+    a path. Datasets and galleries skip such rows and count them as "missing_image", apart from unreadable ones."""
+    return value is None or (isinstance(value, dict) and not value.get("bytes") and not value.get("path"))
+
+
+def image_identity(value) -> str | None:
+    """A stable key for one image cell (datasets `Image(decode=False)` dict, encoded bytes, path string or PIL image),
+    or None for a missing image (`is_missing_image`): callers skip and count that row instead of failing on it."""
+    if is_missing_image(value):
+        return None
     if isinstance(value, dict):
         if value.get("bytes"):
             return "bytes:" + hashlib.sha1(value["bytes"]).hexdigest()
-        return "path:" + str(value.get("path"))
+        return "path:" + str(value["path"])
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes:" + hashlib.sha1(value).hexdigest()
     if isinstance(value, (str, os.PathLike)):
         return "path:" + str(value)
     if hasattr(value, "tobytes"):
         return "pil:" + hashlib.sha1(value.tobytes()).hexdigest()
     raise ValueError(f"Cannot read an image from a value of type {type(value).__name__}: expected an Image feature, "
-                     "a path or a PIL image.")
+                     "encoded bytes, a path or a PIL image.")
 
 
 def try_load_image(value, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """`load_image`, or None when the image cannot be read (missing, damaged, not an image, too many pixels): for
     datasets and galleries, where such an image is skipped and counted, never fatal."""
-    if value is None:
+    if is_missing_image(value):
         return None
     try:
         return load_image(value, max_pixels=max_pixels)

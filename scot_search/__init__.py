@@ -4,10 +4,9 @@ Needs the `search` extra (faiss); the web demo also needs Gradio (`web` extra).
 """
 
 from .index import GalleryIndex, GalleryItem, build_gallery_index, list_dataset_images, list_image_folder
-from .search import DEFAULT_MODEL, GallerySearcher, SearchHit, SearchResult
+from .search import GallerySearcher, SearchHit, SearchResult
 
 __all__ = [
-    "DEFAULT_MODEL",
     "GalleryIndex",
     "GalleryItem",
     "GallerySearcher",

@@ -1,51 +1,49 @@
 """The SCOT web demo (Gradio): pick or upload a reference image, type the change, see the top-K and the Combiner's λ.
 
-    scot-search web                                    # scot-demo/ on the demo's colour gallery (after `make demo`)
-    scot-search web --index photos-index               # your own gallery (built by `scot-search index`)
-    python -m scot_search.app --port 7860              # the same, Spaces-style
+    scot-search web --index photos-index                                  # a gallery indexed by `scot-search index`
+    scot-search web --index photos-index --gallery photos/ --model MODEL  # indexes photos/ first if needed
+    make web-demo                                                         # scot-demo/ on the demo's colour gallery
+
+This module builds and serves the page; the command line is `scot-search web` (`cli.py`).
 
 Uploads are bounded twice: by size in bytes (Gradio's `max_file_size`, refused before it reaches the model) and by
-pixel count (checked before decoding the pixels). Bad input — a corrupt or non-image file, an image over the limits,
-an empty text — is shown as a short message in the page, never as a stack trace.
+pixel count (read from the header by the package's image decoder, before decoding the pixels). Bad input — a corrupt
+or non-image file, an image over the limits, an empty text — is shown as a short message in the page, never as a
+stack trace. The page serves no file of the gallery folder by its path: result images are decoded from the indexed
+files (looked up by their row in the index) and handed to Gradio as images, which it serves from its own cache.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import logging
-import os
 from pathlib import Path
 
-from .search import DEFAULT_MODEL
+from modeling_scot.processing_scot import ImageTooLargeError
+from scot_core import ImageLoadError, load_image
+
+from .index import GalleryIndex, build_gallery_index, list_image_folder
+from .search import GallerySearcher, SearchHit, load_search_model, recorded_model_name
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INDEX = "outputs/demo/gallery-index"
-DEFAULT_GALLERY = "outputs/demo/benchmark/dev"  # the demo's tinted stamps: "this, but in blue" has an answer
 DEFAULT_MAX_UPLOAD_MB = 10
 DEFAULT_MAX_PIXELS = 25_000_000
 MAX_K = 50
+# result images are shown this large at most (their longest side, in pixels): the page needs no more
+THUMBNAIL_SIDE = 512
 UNREADABLE_UPLOAD = ("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
                      "expected), or it is damaged.")
 
 
 def check_reference_image(path, max_pixels: int):
-    """Open an uploaded reference image, or raise ValueError with a message fit for the page."""
-    from PIL import Image, UnidentifiedImageError
-
+    """The uploaded reference image, decoded by the package's one decoder, or ValueError with a message fit for the
+    page (the upload's temporary path is not shown)."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size  # read from the header: the pixels are not decoded yet
-            if width * height > max_pixels:
-                raise ValueError(f"The image is {width}×{height} = {width * height / 1e6:.1f} megapixels; this demo "
-                                 f"accepts at most {max_pixels / 1e6:.1f} megapixels. Please upload a smaller image.")
-            image.load()
-            return image.copy()
-    except Image.DecompressionBombError:
-        raise ValueError(f"The image has far more pixels than this demo accepts ({max_pixels / 1e6:.1f} megapixels "
-                         "at most).") from None
-    except (UnidentifiedImageError, OSError, SyntaxError):
+        return load_image(path, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise ValueError(f"The image has more pixels than this demo accepts: at most {max_pixels / 1e6:.1f} "
+                         "megapixels. Please upload a smaller image.") from None
+    except ImageLoadError:
         raise ValueError(UNREADABLE_UPLOAD) from None
 
 
@@ -64,7 +62,15 @@ def _explain_unreadable(decode):
     return decode_or_explain
 
 
-def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[str] | None = None,
+def result_thumbnail(searcher: GallerySearcher, hit: SearchHit):
+    """The hit's image, decoded from the indexed file or dataset row and shrunk for the page; None if unreadable."""
+    image = searcher.hit_image(hit)
+    if image is not None:
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return image
+
+
+def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[str] | None = None,
               title: str | None = None):
     """A `gr.Blocks` page around a `GallerySearcher`. `examples` are image paths offered as references."""
     import gradio as gr
@@ -85,12 +91,13 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
             result = searcher.query(image=image, text=text, k=int(k))
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        shown = [(searcher.hit_image(hit), hit) for hit in result.hits] if has_images else []
+        shown = [(result_thumbnail(searcher, hit), hit) for hit in result.hits] if has_images else []
         gallery = [(image, f"#{hit.rank} {hit.id} · {hit.score:.3f}") for image, hit in shown if image is not None]
         table = [[hit.rank, hit.id, round(hit.score, 4)] for hit in result.hits]
         weight = result.text_weight
-        summary = (f"**Combiner weights:** text λ = **{weight:.2f}**, image 1 − λ = **{1 - weight:.2f}** · "
-                   f"top {len(result.hits)} of {len(index)} gallery images")
+        weights = "" if weight is None else (f"**Combiner weights:** text λ = **{weight:.2f}**, image 1 − λ = "
+                                             f"**{1 - weight:.2f}** · ")
+        summary = f"{weights}top {len(result.hits)} of {len(index)} gallery images"
         return gallery, table, summary
 
     with gr.Blocks(title="SCOT composed image search") as app:
@@ -120,39 +127,21 @@ def build_app(searcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[
     return app
 
 
-def gallery_folders(index) -> list[str]:
-    """Folders Gradio may serve result images from (those of the indexed files only)."""
-    folder = index.metadata.get("source", {}).get("folder")
-    if folder:
-        return [folder]
-    return sorted({str(Path(path).parent) for path in index.paths if path})
-
-
-def load_or_build_searcher(index_dir, model=None, gallery=None, device=None):
-    """The searcher of `index_dir`. If there is no index yet, or it was encoded by another encoder (the demo's
-    backbone was retrained) and `gallery` is the folder it indexed, `gallery` is indexed (again) first."""
-    from transformers import AutoModel, AutoProcessor
-
-    import modeling_scot  # noqa: F401 - registers the Auto classes
-
-    from .index import GalleryIndex, build_gallery_index, list_image_folder
-    from .search import GallerySearcher
-
+def load_or_build_searcher(index_dir, model: str | None = None, gallery=None, device: str | None = None):
+    """The searcher of `index_dir` with `model` (default: the index's). If there is no index yet, or it was encoded
+    by another encoder (the demo's backbone was retrained) and `gallery` is the folder it indexed, `gallery` is
+    indexed (again) first, with `model`."""
     index = None
     if (Path(index_dir) / "index.json").is_file():
         index = GalleryIndex.load(index_dir)
         model = model or index.metadata.get("model_name_or_path")
     elif gallery is None or not Path(gallery).is_dir():
         raise FileNotFoundError(f"No gallery index in {str(index_dir)!r} and no gallery folder to build one: run "
-                                "`scot-search index FOLDER --output INDEX` (or `make demo` for the default).")
-    model = model or DEFAULT_MODEL
-    if model == DEFAULT_MODEL and not Path(model).is_dir():
-        raise FileNotFoundError(f"The default model folder {DEFAULT_MODEL!r} does not exist: run `make demo` first, "
-                                "or pass --model.")
-    scot_model = AutoModel.from_pretrained(model)
-    processor = AutoProcessor.from_pretrained(model)
-    if device:
-        scot_model.to(device)
+                                "`scot-search index FOLDER --model MODEL --output INDEX` first, or pass --gallery.")
+    if not model:
+        raise ValueError(f"No model given, and none recorded in {str(index_dir)!r}: pass --model (a SCOT model folder "
+                         "or hub id).")
+    scot_model, processor = load_search_model(model, device)
     if index is not None:
         try:
             return GallerySearcher(scot_model, processor, index)
@@ -160,56 +149,26 @@ def load_or_build_searcher(index_dir, model=None, gallery=None, device=None):
             indexed_folder = index.metadata.get("source", {}).get("folder")
             if gallery is None or indexed_folder != str(Path(gallery).resolve()):
                 raise
-            logger.warning("%s was encoded by another encoder than %s's: indexing %s again.", index_dir, model, gallery)
-    items, ignored = list_image_folder(gallery)
-    build_gallery_index(scot_model, processor, items, index_dir, model_name_or_path=str(Path(model).resolve()),
-                        source={"folder": str(Path(gallery).resolve())}, ignored_files=ignored)
-    return GallerySearcher(scot_model, processor, GalleryIndex.load(index_dir))
+            logger.warning("%s was encoded by another encoder than %s's: indexing %s again.", index_dir, model,
+                           gallery)
+    items, skipped = list_image_folder(gallery)
+    index = build_gallery_index(scot_model, processor, items, index_dir, model_name_or_path=recorded_model_name(model),
+                                source={"folder": str(Path(gallery).resolve())}, skipped_files=skipped)
+    return GallerySearcher(scot_model, processor, index)
 
 
-def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", default=DEFAULT_INDEX, help=f"gallery index folder (default {DEFAULT_INDEX})")
-    parser.add_argument("--model", default=None, help="model folder (default: the index's; scot-demo to build one)")
-    parser.add_argument("--gallery", default=DEFAULT_GALLERY,
-                        help=f"folder indexed when --index does not exist yet (default {DEFAULT_GALLERY})")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB")
-    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest upload in pixels")
-    parser.add_argument("--examples", type=int, default=8, help="gallery images offered as references")
-    parser.add_argument("--device", default=None)
-
-
-def launch_app(app, searcher, *, host="127.0.0.1", port=7860, max_upload_mb=DEFAULT_MAX_UPLOAD_MB,
-               prevent_thread_lock=False):
-    """Serve the page; only the gallery's own folders are readable through Gradio's file route."""
+def launch_app(app, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               prevent_thread_lock: bool = False):
+    """Serve the page. No folder is added to Gradio's allowed paths: its file route serves only what Gradio itself
+    stored (uploads, the result and example images it was handed), never the gallery folder."""
     return app.launch(server_name=host, server_port=port, max_file_size=f"{int(max_upload_mb * 1024)}kb",
-                      allowed_paths=gallery_folders(searcher.index), prevent_thread_lock=prevent_thread_lock,
-                      show_error=True, quiet=True)
+                      prevent_thread_lock=prevent_thread_lock, show_error=True, quiet=True)
 
 
-def example_images(index, count: int) -> list[str]:
+def example_images(index: GalleryIndex, count: int) -> list[str]:
     """`count` gallery images spread evenly over the (sorted) gallery, as reference suggestions."""
     paths = [path for path in index.paths if path]
     if not paths or count <= 0:
         return []
     positions = sorted({round(i * (len(paths) - 1) / max(count - 1, 1)) for i in range(min(count, len(paths)))})
     return [paths[position] for position in positions]
-
-
-def run_app(args) -> None:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    searcher = load_or_build_searcher(args.index, args.model, args.gallery, args.device)
-    app = build_app(searcher, max_pixels=args.max_pixels, examples=example_images(searcher.index, args.examples))
-    print(f"SCOT web demo on http://{args.host}:{args.port} ({len(searcher.index)} gallery images)")
-    launch_app(app, searcher, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
-
-
-def main(argv=None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["web", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

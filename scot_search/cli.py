@@ -1,9 +1,10 @@
 """`scot-search`: index a gallery once, then query it with (image, text) from the shell or in a browser.
 
-    scot-search index photos/ --model scot-demo --output photos-index          # encode the folder (resumable)
+    scot-search index photos/ --model MODEL --output photos-index              # encode the folder (resumable)
     scot-search query --index photos-index --image shoe.jpg --text "in blue" -k 10
     scot-search query --index photos-index --text "a red car" --json            # text-only, machine-readable
     scot-search web --index photos-index                                        # the Gradio demo
+    python -m scot_search.cli web --index photos-index --port 7860              # the same (e.g. a Space's app.py)
 
 Errors in the input (a missing file, an empty text, an index built with another model) are one line on stderr and
 exit status 2, never a traceback.
@@ -14,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .search import DEFAULT_MODEL
+from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
 
 def _add_index_parser(subparsers) -> None:
@@ -26,7 +28,8 @@ def _add_index_parser(subparsers) -> None:
                                                "dataset once, and save embeddings, ids and a faiss index.")
     parser.add_argument("gallery", help="a folder of images, or with --dataset a dataset name / folder")
     parser.add_argument("--output", "-o", required=True, help="index folder to write (re-running resumes)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"SCOT model folder or hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", required=True,
+                        help="SCOT model folder or hub id (e.g. scot-demo, which `make demo` writes)")
     parser.add_argument("--dataset", action="store_true", help="GALLERY is a datasets dataset (load_dataset)")
     parser.add_argument("--split", default="train", help="dataset split (with --dataset)")
     parser.add_argument("--image_column", default="image", help="dataset image column (with --dataset)")
@@ -58,10 +61,21 @@ def _add_query_parser(subparsers) -> None:
 
 
 def _add_web_parser(subparsers) -> None:
-    from .app import add_app_arguments
-
-    parser = subparsers.add_parser("web", help="the Gradio web demo")
-    add_app_arguments(parser)
+    parser = subparsers.add_parser("web", help="the Gradio web demo",
+                                   description="Serve a gallery index as a web page (Gradio); with --gallery, index "
+                                               "that folder first if the index does not exist yet.")
+    parser.add_argument("--index", required=True, help="gallery index folder (written by `scot-search index`)")
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: the one the index records; "
+                                                      "needed to build a new index from --gallery)")
+    parser.add_argument("--gallery", default=None,
+                        help="image folder indexed into --index when that does not exist yet (or was encoded by "
+                             "another encoder than --model's)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB")
+    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest upload in pixels")
+    parser.add_argument("--examples", type=int, default=8, help="gallery images offered as references")
+    parser.add_argument("--device", default=None)
 
 
 def _device(name: str | None) -> str:
@@ -71,39 +85,33 @@ def _device(name: str | None) -> str:
 
 
 def run_index(args) -> dict:
-    from transformers import AutoModel, AutoProcessor
-
-    import modeling_scot  # noqa: F401 - registers the Auto classes
-
     from .index import build_gallery_index, check_index_options, list_dataset_images, list_image_folder
+    from .search import load_search_model, recorded_model_name
 
     if args.dataset:
         from datasets import load_dataset
 
         dataset = load_dataset(args.gallery, split=args.split)
-        items, ignored = list_dataset_images(dataset, args.image_column, args.id_column), 0
+        items, skipped = list_dataset_images(dataset, args.image_column, args.id_column), {}
         source = {"dataset": args.gallery, "split": args.split, "image_column": args.image_column}
     else:
-        items, ignored = list_image_folder(args.gallery)
+        items, skipped = list_image_folder(args.gallery)
         source = {"folder": str(Path(args.gallery).resolve())}
     options = {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search}
     check_index_options(args.index_type, len(items), options)  # before loading a model and encoding for hours
-    if args.model == DEFAULT_MODEL and not Path(args.model).is_dir():
-        raise FileNotFoundError(f"The default model folder {DEFAULT_MODEL!r} does not exist here: run `make demo` "
-                                "first, or pass --model.")
-    model = AutoModel.from_pretrained(args.model).to(_device(args.device))
-    processor = AutoProcessor.from_pretrained(args.model)
-    model_path = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
+    model, processor = load_search_model(args.model, _device(args.device))
     index = build_gallery_index(model, processor, items, args.output, index_type=args.index_type,
-                                batch_size=args.batch_size, chunk_size=args.chunk_size, model_name_or_path=model_path,
-                                source=source, ignored_files=ignored, **options)
+                                batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                model_name_or_path=recorded_model_name(args.model), source=source,
+                                skipped_files=skipped, **options)
     summary = {"index": str(args.output), "images": len(index), "index_type": index.index_type,
                "skipped": index.metadata["skipped"]}
-    build = index.metadata["last_build"]
+    build, skipped = index.metadata["last_build"], summary["skipped"]
+    links = skipped["link_outside_gallery"]
     print(f"indexed {len(index)} images into {args.output} ({index.index_type}); encoded {build['encoded']}, "
           f"reused {build['reused']} unchanged, dropped {build['removed']} gone; skipped "
-          f"{summary['skipped']['unreadable_image']} unreadable image(s), ignored "
-          f"{summary['skipped']['not_an_image_file']} non-image file(s)")
+          f"{skipped['unreadable_image']} unreadable image(s), ignored {skipped['not_an_image_file']} non-image "
+          f"file(s)" + (f" and {links} link(s) to files outside the gallery" if links else ""))
     return summary
 
 
@@ -113,7 +121,7 @@ def format_table(result) -> str:
         lines.append(f"composed query: text weight λ = {result.text_weight:.3f}, image weight 1-λ = "
                      f"{1 - result.text_weight:.3f}")
     else:
-        lines.append(f"{result.mode}-only query")
+        lines.append("composed query" if result.mode == "composed" else f"{result.mode}-only query")
     width = max([len("id"), *(len(hit.id) for hit in result.hits)])
     lines.append(f"{'rank':>4}  {'score':>7}  {'id':<{width}}")
     lines.extend(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.id:<{width}}" for hit in result.hits)
@@ -132,6 +140,16 @@ def run_query(args):
     return result
 
 
+def run_web(args) -> None:
+    from .app import build_app, example_images, launch_app, load_or_build_searcher
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    searcher = load_or_build_searcher(args.index, args.model, args.gallery, _device(args.device))
+    app = build_app(searcher, max_pixels=args.max_pixels, examples=example_images(searcher.index, args.examples))
+    print(f"SCOT web demo on http://{args.host}:{args.port} ({len(searcher.index)} gallery images)")
+    launch_app(app, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="scot-search", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -146,9 +164,7 @@ def main(argv=None) -> int:
         elif args.command == "query":
             run_query(args)
         else:
-            from .app import run_app
-
-            run_app(args)
+            run_web(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, OSError) as error:
         print(f"scot-search {args.command}: error: {error}", file=sys.stderr)
         return 2

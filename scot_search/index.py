@@ -10,12 +10,18 @@ Layout of an index folder:
     index.faiss                 the faiss index for "ivf" / "hnsw" (the exact "flat" index is rebuilt from the
                                 embeddings on load: it is the embeddings)
     chunks/                     encoding in progress (safetensors per chunk, `plan.json`); removed once complete
+    .scot-index                 written first: the folder is an index, so its files are ours to replace
+    .scot-index.lock            held (flock) while a run writes: a second run into the same folder is refused
 
-Encoding writes one safetensors chunk at a time, atomically, so an interrupted run resumes at the first missing chunk
-(as long as the model and the list of images are the same; otherwise it starts over and says so). Files that cannot
-be decoded are skipped and counted, never fatal. Indexing again into a complete index of the same encoder re-encodes
-only what changed: images whose id and version (file size and modification time, or a dataset cell's content hash)
-are unchanged keep their embeddings; images no longer in the gallery are dropped.
+An index folder is never mixed with anything else: a new or empty folder is marked first; a non-empty folder without
+the marker is refused, as is one inside the gallery; only the files listed above are ever replaced or removed.
+
+Encoding writes one safetensors chunk at a time, atomically (unique temporary names), so an interrupted run resumes
+at the first missing chunk (as long as the model and the list of images are the same; otherwise it starts over and
+says so). Files that cannot be decoded are skipped and counted, never fatal; so are symbolic links to files outside
+the gallery folder. Indexing again into a complete index of the same encoder re-encodes only what changed: images
+whose id and version (file size and modification time, or a dataset cell's content hash) are unchanged keep their
+embeddings; images no longer in the gallery are dropped.
 
 Scores are inner products of unit vectors, i.e. cosine similarities, as in SCOT's retrieval (paper §3).
 """
@@ -23,11 +29,11 @@ Scores are inner products of unit vectors, i.e. cosine similarities, as in SCOT'
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import os
-import shutil
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +41,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from trainers.embedding_cache import (
+from scot_core import (
+    atomic_path,
     atomic_save_file,
+    atomic_write_json,
     encode_in_chunks,
     encoder_fingerprint,
     image_batch_encoder,
     image_identity,
+    read_json,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a second concurrent run into one folder is not detected there
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,14 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 # below this many queries, exact search scans the gallery once per query (one thread); from it on, by matrix product
 SMALL_BATCH = 20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+INDEX_MARKER = ".scot-index"
+LOCK_FILE = ".scot-index.lock"
+# what an index folder holds; only these names are ever replaced or removed
+INDEX_FILES = ("index.json", "embeddings.safetensors", "ids.parquet", "index.faiss", "chunks", INDEX_MARKER, LOCK_FILE)
+# the files of `chunks/`: plan and chunks, the temporaries of interrupted writes (scot_core.atomic_path's names, and
+# the fixed `images-NNNNN.tmp` of earlier versions)
+CHUNK_FILE = re.compile(r"(plan\.json|images-\d{5}\.safetensors)"
+                        r"|\.(plan\.json|images-\d{5}\.safetensors)\.\d+\..+\.tmp|images-\d{5}\.tmp")
 
 
 def _require_faiss():
@@ -72,23 +94,31 @@ class GalleryItem:
     row: int = -1  # the dataset row, for dataset galleries
 
 
-def list_image_folder(folder) -> tuple[list[GalleryItem], int]:
-    """Image files under `folder` (recursive, sorted, hidden files skipped) and the number of other files ignored."""
+def list_image_folder(folder) -> tuple[list[GalleryItem], dict[str, int]]:
+    """Image files under `folder` (recursive, sorted, hidden files skipped) and the counts of the files left out:
+    `not_an_image_file` (another suffix) and `link_outside_gallery` (a symbolic link to a file outside `folder`: what
+    is indexed, and later shown, is only what lies in the gallery)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"Gallery folder {str(folder)!r} does not exist or is not a folder.")
-    items, ignored = [], 0
+    root = folder.resolve()
+    items, skipped = [], {"not_an_image_file": 0, "link_outside_gallery": 0}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            stat = path.stat()
-            items.append(GalleryItem(id=relative.as_posix(), source=str(path.resolve()), path=str(path.resolve()),
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            skipped["link_outside_gallery"] += 1
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            stat = resolved.stat()
+            items.append(GalleryItem(id=relative.as_posix(), source=str(resolved), path=str(resolved),
                                      version=f"{stat.st_size}:{stat.st_mtime_ns}"))
         else:
-            ignored += 1
-    return items, ignored
+            skipped["not_an_image_file"] += 1
+    if skipped["link_outside_gallery"]:
+        logger.warning("Left out %d link(s) in %s to files outside it.", skipped["link_outside_gallery"], folder)
+    return items, skipped
 
 
 def list_dataset_images(dataset, image_column: str = "image", id_column: str | None = None) -> list[GalleryItem]:
@@ -203,21 +233,27 @@ class GalleryIndex:
     # -- persistence ------------------------------------------------------------------------------------------------
 
     def save(self, folder) -> None:
+        """Write the index into `folder`: a new or empty folder, or an index folder (see the module docstring)."""
+        folder = Path(folder)
+        claim_index_folder(folder)
+        with writing_lock(folder):
+            self._write_files(folder)
+
+    def _write_files(self, folder: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         faiss = _require_faiss()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         # an index being replaced is incomplete until its new index.json is written
         (folder / "index.json").unlink(missing_ok=True)
         atomic_save_file({"embeds": torch.from_numpy(self.embeds)}, folder / "embeddings.safetensors")
-        columns = {"id": self.ids, "path": self.paths, "version": self.versions, "row": pa.array(self.rows, pa.int64())}
-        pq.write_table(pa.table(columns), folder / "ids.parquet.tmp")
-        os.replace(folder / "ids.parquet.tmp", folder / "ids.parquet")
+        columns = {"id": self.ids, "path": self.paths, "version": self.versions,
+                   "row": pa.array(self.rows, pa.int64())}
+        with atomic_path(folder / "ids.parquet") as temporary:
+            pq.write_table(pa.table(columns), temporary)
         if self.index_type != "flat":
-            faiss.write_index(self.faiss_index, str(folder / "index.faiss.tmp"))
-            os.replace(folder / "index.faiss.tmp", folder / "index.faiss")
+            with atomic_path(folder / "index.faiss") as temporary:
+                faiss.write_index(self.faiss_index, str(temporary))
         else:
             (folder / "index.faiss").unlink(missing_ok=True)  # left by an earlier ivf / hnsw build
         description = {
@@ -228,9 +264,7 @@ class GalleryIndex:
             "num_images": len(self),
             "embed_dim": self.embed_dim,
         }
-        temporary = folder / "index.json.tmp"
-        temporary.write_text(json.dumps(description, indent=2))
-        os.replace(temporary, folder / "index.json")  # last: its presence means the folder is complete
+        atomic_write_json(folder / "index.json", description)  # last: its presence means the folder is complete
 
     @classmethod
     def load(cls, folder, **search_options) -> GalleryIndex:
@@ -257,13 +291,73 @@ def _read_saved_index(folder: Path) -> tuple[dict, np.ndarray, dict[str, list]]:
         interrupted = (folder / "chunks").is_dir()
         hint = " (indexing was interrupted: run `scot-search index` again to resume)" if interrupted else ""
         raise FileNotFoundError(f"{str(folder)!r} is not a complete gallery index: no index.json{hint}.")
-    description = json.loads(description_file.read_text())
+    description = read_json(description_file, "gallery index description")
     if description.get("format_version") != INDEX_FORMAT_VERSION:
         raise ValueError(f"{str(folder)!r} has index format {description.get('format_version')}, "
                          f"this version reads {INDEX_FORMAT_VERSION}: rebuild it with `scot-search index`.")
     embeds = load_file(str(folder / "embeddings.safetensors"))["embeds"].numpy()
     table = pq.read_table(folder / "ids.parquet")
     return description, embeds, {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+class IndexFolderInUseError(OSError):
+    """Another process holds the index folder's lock."""
+
+
+def claim_index_folder(folder: Path) -> None:
+    """Make `folder` an index folder, or refuse it before anything is written: a new or empty folder gets the
+    `.scot-index` marker first; a non-empty one must carry it already (or be an index from before markers existed:
+    only index files, with an index.json or a chunks/plan.json)."""
+    if (folder / INDEX_MARKER).is_file():
+        return
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"The index folder {str(folder)!r} is a file, not a folder.")
+    entries = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+    has_index_state = (folder / "index.json").is_file() or (folder / "chunks" / "plan.json").is_file()
+    unmarked_index = entries <= set(INDEX_FILES) and has_index_state
+    if entries and not unmarked_index:
+        raise ValueError(f"The index folder {str(folder)!r} is not empty and is not a SCOT gallery index (no "
+                         f"{INDEX_MARKER} file); nothing was written. Choose a new or empty folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    # written in place, not through a temporary file: its existence is what counts, and a second run starting at the
+    # same moment must not find a stray temporary file in the folder and take it for someone else's
+    (folder / INDEX_MARKER).write_text("A SCOT gallery index (scot-search index): its files are replaced when it is "
+                                       "indexed again.\n")
+
+
+@contextmanager
+def writing_lock(folder: Path) -> Iterator[None]:
+    """Hold the index folder's lock file for the block: a second run writing the same folder is refused with a clear
+    message instead of the two interleaving their files. The lock goes with the open file, so it is released however
+    the process ends."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexFolderInUseError(f"Another run is writing here: {str(folder)!r} is locked by another "
+                                        "`scot-search index` (or web demo) process. Wait for it to finish, or write "
+                                        "to another folder.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_chunks(chunks_dir: Path) -> None:
+    """Delete the files of `chunks/` this module writes, then the folder when that empties it; anything else found
+    there was not written by us and stays (with a warning)."""
+    if not chunks_dir.is_dir() or chunks_dir.is_symlink():
+        return
+    for path in chunks_dir.iterdir():
+        if CHUNK_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+    if any(chunks_dir.iterdir()):
+        logger.warning("%s holds files that scot-search did not write: left in place.", chunks_dir)
+    else:
+        chunks_dir.rmdir()
 
 
 def check_index_options(index_type: str, size: int, given: dict) -> dict:
@@ -318,74 +412,102 @@ def _reusable_embeddings(output_dir: Path, fingerprint: str, items: list[Gallery
     return reusable, sum(item_id not in current for item_id in previous_ids)
 
 
+def _check_outside_gallery(output_dir: Path, items: list[GalleryItem], source: dict) -> None:
+    """Refuse an index folder that is, or lies inside, the folder the gallery is read from (an image folder, a local
+    dataset folder), or that holds gallery images: its files would mix with the images."""
+    output = output_dir.resolve()
+    folders = [Path(folder) for folder in (source.get("folder"), source.get("dataset")) if folder]
+    inside = [folder for folder in folders if folder.is_dir() and output.is_relative_to(folder.resolve())]
+    if not inside:
+        inside = [Path(item.path) for item in items if item.path and Path(item.path).is_relative_to(output)][:1]
+    if inside:
+        raise ValueError(f"The index folder {str(output_dir)!r} is, or is inside, the gallery ({str(inside[0])!r}): "
+                         "its files would mix with the images. Write the index outside the gallery.")
+
+
+def _start_plan(chunks_dir: Path, plan: dict) -> None:
+    """Keep the chunks of an interrupted run of the same plan; otherwise remove them and record the new plan."""
+    plan_file = chunks_dir / "plan.json"
+    if chunks_dir.is_dir():
+        why = "holds chunks of a different model or image list"
+        try:
+            previous_plan = read_json(plan_file, "encoding plan") if plan_file.is_file() else None
+        except ValueError:  # torn by a crash (it used to be written in place): its chunks cannot be trusted
+            previous_plan, why = None, f"has an unreadable {plan_file.name}"
+        if previous_plan == plan:
+            return
+        logger.warning("%s %s; encoding from the start.", chunks_dir, why)
+        _remove_chunks(chunks_dir)
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_file, plan)
+
+
+def _encode_in_chunks(model, processor, items: list[GalleryItem], chunks_dir: Path, fingerprint: str,
+                     batch_size: int, chunk_size: int, show_progress: bool) -> tuple[dict, dict]:
+    """({id: embedding}, {id: readable}) of `items`, encoded chunk by chunk into `chunks_dir` (resumable)."""
+    _start_plan(chunks_dir, {"digest": _plan_digest(fingerprint, items, chunk_size), "num_images": len(items)})
+    chunk_names = encode_in_chunks("images", [item.source for item in items], image_batch_encoder(model, processor),
+                                   chunks_dir, batch_size, chunk_size, show_progress)
+    chunks = [load_file(str(chunks_dir / name)) for name in chunk_names]
+    embeds = torch.cat([chunk["embeds"] for chunk in chunks]).numpy()
+    readable = torch.cat([chunk["readable"] for chunk in chunks]).tolist()
+    return ({item.id: row for item, row in zip(items, embeds)},
+            {item.id: ok for item, ok in zip(items, readable)})
+
+
 @torch.no_grad()
 def build_gallery_index(model, processor, items: list[GalleryItem], output_dir, *, index_type: str = "flat",
                         batch_size: int = 32, chunk_size: int = 1024, show_progress: bool = True,
-                        model_name_or_path: str | None = None, source: dict | None = None, ignored_files: int = 0,
-                        **index_options) -> GalleryIndex:
+                        model_name_or_path: str | None = None, source: dict | None = None,
+                        skipped_files: dict[str, int] | None = None, **index_options) -> GalleryIndex:
     """Encode `items` with `model.get_image_features` (batched, resumable) and save a `GalleryIndex` in `output_dir`.
 
     `model_name_or_path` is recorded so that queries can load the same model; the encoder fingerprint is recorded so
     that a query with a different encoder is refused rather than silently wrong. If `output_dir` already holds a
     complete index of the same encoder, unchanged images keep their embeddings and only new or changed ones are
-    encoded (`index.metadata["last_build"]` counts reused, encoded and removed images).
+    encoded (`index.metadata["last_build"]` counts reused, encoded and removed images). `skipped_files` are the
+    counts `list_image_folder` returns, recorded with the unreadable images under `index.metadata["skipped"]`.
+
+    `output_dir` must be new, empty or an index folder, and outside the gallery (`source`'s folder); while encoding,
+    it is locked against a second run.
     """
     if not items:
         raise ValueError("The gallery is empty: no image files (" + ", ".join(IMAGE_SUFFIXES) + ") were found.")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be positive, got {batch_size} and {chunk_size}.")
     check_index_options(index_type, len(items), index_options)  # bad options fail before hours of encoding
-    output_dir = Path(output_dir)
-    chunks_dir = output_dir / "chunks"
-    fingerprint = encoder_fingerprint(model, processor)
-    reusable, removed = _reusable_embeddings(output_dir, fingerprint, items)
-    to_encode = [item for item in items if item.id not in reusable]
+    output_dir, source = Path(output_dir), source or {}
+    _check_outside_gallery(output_dir, items, source)
+    claim_index_folder(output_dir)
+    with writing_lock(output_dir):
+        fingerprint = encoder_fingerprint(model, processor)
+        reusable, removed = _reusable_embeddings(output_dir, fingerprint, items)
+        to_encode = [item for item in items if item.id not in reusable]
+        encoded, readable = {}, {}
+        if to_encode:
+            encoded, readable = _encode_in_chunks(model, processor, to_encode, output_dir / "chunks", fingerprint,
+                                                  batch_size, chunk_size, show_progress)
 
-    encoded, encoded_readable = {}, {}
-    if to_encode:
-        plan = {"digest": _plan_digest(fingerprint, to_encode, chunk_size), "num_images": len(to_encode)}
-        plan_file = chunks_dir / "plan.json"
-        if chunks_dir.is_dir():
-            previous_plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
-            if previous_plan != plan:
-                logger.warning("%s holds chunks of a different model or image list; encoding from the start.",
-                               chunks_dir)
-                shutil.rmtree(chunks_dir)
-        chunks_dir.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan))
-
-        was_training = model.training
-        model.eval()
-        chunk_names = encode_in_chunks("images", [item.source for item in to_encode],
-                                       image_batch_encoder(model, processor), chunks_dir, batch_size, chunk_size,
-                                       show_progress)
-        model.train(was_training)
-        chunks = [load_file(str(chunks_dir / name)) for name in chunk_names]
-        embeds = torch.cat([chunk["embeds"] for chunk in chunks]).numpy()
-        readable = torch.cat([chunk["readable"] for chunk in chunks]).tolist()
-        encoded = {item.id: row for item, row in zip(to_encode, embeds)}
-        encoded_readable = {item.id: ok for item, ok in zip(to_encode, readable)}
-
-    kept = [item for item in items if item.id in reusable or encoded_readable[item.id]]
-    unreadable = [item.id for item in items if item.id not in reusable and not encoded_readable[item.id]]
-    if unreadable:
-        logger.warning("Skipped %d unreadable image file(s) of %d, e.g. %s", len(unreadable), len(items),
-                       ", ".join(unreadable[:3]))
-    if not kept:
-        raise ValueError(f"None of the {len(items)} gallery images could be read.")
-    metadata = {
-        "model_name_or_path": model_name_or_path,
-        "encoder_fingerprint": fingerprint,
-        "source": source or {},
-        "skipped": {"unreadable_image": len(unreadable), "not_an_image_file": ignored_files},
-        "unreadable_images": unreadable[:1000],
-        "last_build": {"reused": len(reusable), "encoded": len(to_encode), "removed": removed},
-    }
-    embeds = np.stack([reusable[item.id] if item.id in reusable else encoded[item.id] for item in kept])
-    index = GalleryIndex(embeds, [item.id for item in kept], [item.path for item in kept], index_type=index_type,
-                         metadata=metadata, versions=[item.version for item in kept], rows=[item.row for item in kept],
-                         **index_options)
-    index.save(output_dir)
-    if chunks_dir.is_dir():
-        shutil.rmtree(chunks_dir)
+        kept = [item for item in items if item.id in reusable or readable[item.id]]
+        unreadable = [item.id for item in items if item.id not in reusable and not readable[item.id]]
+        if unreadable:
+            logger.warning("Skipped %d unreadable image file(s) of %d, e.g. %s", len(unreadable), len(items),
+                           ", ".join(unreadable[:3]))
+        if not kept:
+            raise ValueError(f"None of the {len(items)} gallery images could be read.")
+        metadata = {
+            "model_name_or_path": model_name_or_path,
+            "encoder_fingerprint": fingerprint,
+            "source": source,
+            "skipped": {"unreadable_image": len(unreadable), "not_an_image_file": 0, "link_outside_gallery": 0,
+                        **(skipped_files or {})},
+            "unreadable_images": unreadable[:1000],
+            "last_build": {"reused": len(reusable), "encoded": len(to_encode), "removed": removed},
+        }
+        embeds = np.stack([reusable[item.id] if item.id in reusable else encoded[item.id] for item in kept])
+        index = GalleryIndex(embeds, [item.id for item in kept], [item.path for item in kept], index_type=index_type,
+                             metadata=metadata, versions=[item.version for item in kept],
+                             rows=[item.row for item in kept], **index_options)
+        index._write_files(output_dir)
+        _remove_chunks(output_dir / "chunks")
     return index

@@ -1,7 +1,8 @@
 """Querying a gallery index with a SCOT model: (reference image, modification text) → top-K gallery images.
 
-A composed query is V_c = f_c(f_θ(image), f_φ(text)) ranked by cosine against the gallery's f_θ(images) (paper §3);
-an image-only query ranks by f_θ(image), a text-only one by f_φ(text) (the shared space's zero-shot retrieval).
+A composed query is V_c = f_c(f_θ(image), f_φ(text)) ranked by cosine against the gallery's f_θ(images) (paper §3),
+asked of the model through `get_composed_features`; an image-only query ranks by f_θ(image), a text-only one by
+f_φ(text) (the shared space's zero-shot retrieval).
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ from pathlib import Path
 
 import torch
 
-from trainers.embedding_cache import encoder_fingerprint, open_image
+from scot_core import (
+    DEFAULT_MAX_PIXELS,
+    encoder_fingerprint,
+    eval_mode,
+    load_image,
+    load_scot_or_backbone,
+    try_load_image,
+)
+from scot_core.encoding import model_device_dtype
 
 from .index import GalleryIndex
 
 logger = logging.getLogger(__name__)
 
-# Defaults of the web demo and the CLI: what `make demo` writes
-DEFAULT_MODEL = "scot-demo"
 # A gallery image this close to the reference is the reference itself (or a byte-different copy of it)
 SAME_IMAGE_COSINE = 0.9999
 # extra results fetched so that removing copies of the reference still leaves k
@@ -49,15 +56,29 @@ class SearchResult:
         return asdict(self)
 
 
-def load_query_image(image):
-    """A PIL image from a path, bytes-like dict or PIL image; a clear error naming the input when it is unreadable."""
+def load_query_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """The reference image as RGB (from a path, encoded bytes, an Image cell or a PIL image), by the package's one
+    decoder; `ImageLoadError` (a ValueError) naming the file when it cannot be read or has too many pixels."""
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise FileNotFoundError(f"Reference image {str(image)!r} does not exist.")
-    opened = open_image(image)
-    if opened is None:
-        raise ValueError(f"Reference image {image if isinstance(image, (str, os.PathLike)) else 'upload'!s} could not "
-                         "be read as an image (expected PNG, JPEG, WebP, GIF, BMP or TIFF).")
-    return opened
+    return load_image(image, max_pixels=max_pixels)
+
+
+def recorded_model_name(model_name_or_path: str | os.PathLike) -> str:
+    """What an index records as its model: the absolute path of a local folder (queries may run elsewhere in the
+    tree), else the hub id as given."""
+    path = Path(model_name_or_path)
+    return str(path.resolve()) if path.is_dir() else str(model_name_or_path)
+
+
+def load_search_model(model_name_or_path: str | os.PathLike, device: str | None = None):
+    """`(model, processor)` for searching: a saved SCOT model (folder or hub id; no remote code), or a backbone
+    wrapped with an untrained Combiner, which answers image-only and text-only queries but not composed ones."""
+    model, processor, trained = load_scot_or_backbone(model_name_or_path, device=device)
+    if not trained:
+        logger.warning("%s is a backbone, not a trained SCOT model: its Combiner is new and untrained, so composed "
+                       "queries are not meaningful (image-only and text-only queries are).", model_name_or_path)
+    return model, processor
 
 
 class GallerySearcher:
@@ -72,31 +93,22 @@ class GallerySearcher:
             raise ValueError("The gallery index was encoded with a different encoder (or processor) than this model's "
                              f"(index model: {index.metadata.get('model_name_or_path')!r}); rebuild the index with "
                              "`scot-search index` for this model.")
-        self.model = model.eval()
+        self.model = model
         self.processor = processor
         self.index = index
-        self.device = next(model.parameters()).device
         self._dataset = None  # a dataset gallery's images, loaded by `hit_image` when first needed
 
     @classmethod
     def from_pretrained(cls, index_dir, model_name_or_path: str | None = None, device: str | None = None,
                         **search_options) -> GallerySearcher:
         """Load the index in `index_dir` and the model it was built with (or `model_name_or_path`)."""
-        from transformers import AutoModel, AutoProcessor
-
-        import modeling_scot  # noqa: F401 - registers the "scot" Auto classes
-
         index = GalleryIndex.load(index_dir, **search_options)
         model_name_or_path = model_name_or_path or index.metadata.get("model_name_or_path")
         if not model_name_or_path:
             raise ValueError(f"The index in {str(index_dir)!r} does not record its model: pass the model folder.")
-        model = AutoModel.from_pretrained(model_name_or_path)
-        processor = AutoProcessor.from_pretrained(model_name_or_path)
-        if device:
-            model.to(device)
-        return cls(model, processor, index)
+        return cls(*load_search_model(model_name_or_path, device), index)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def query(self, image=None, text: str | None = None, k: int = 10, exclude_reference: bool = True) -> SearchResult:
         """Top-`k` gallery images for a reference image and/or a modification text (at least one of them).
 
@@ -108,22 +120,27 @@ class GallerySearcher:
             raise ValueError("The text is empty: describe the change (or leave the text out for an image-only query).")
         if image is None and text is None:
             raise ValueError("Give a reference image, a text, or both.")
-        image_embeds = text_embeds = text_weight = None
-        if image is not None:
-            pixels = self.processor(images=[load_query_image(image)], return_tensors="pt")["pixel_values"]
-            image_embeds = self.model.get_image_features(pixel_values=pixels.to(self.device))
-        if text is not None:
-            tokens = self.processor(text=[text.strip()], return_tensors="pt").to(self.device)
-            text_embeds = self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                       attention_mask=tokens["attention_mask"])
-        if image_embeds is not None and text_embeds is not None:
-            query_embeds, weight = self.model.compose(image_embeds, text_embeds, return_text_weight=True)
-            mode, text_weight = "composed", float(weight[0, 0])
-        else:
-            query_embeds = image_embeds if image_embeds is not None else text_embeds
-            mode = "image" if image_embeds is not None else "text"
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}.")
+        device, dtype = model_device_dtype(self.model)
+        image_embeds = text_weight = None
+        with eval_mode(self.model):
+            if image is not None:
+                pixels = self.processor(images=[load_query_image(image)], return_tensors="pt")["pixel_values"]
+                image_embeds = self.model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype))
+            if text is not None:
+                tokens = self.processor(text=[text.strip()], return_tensors="pt").to(device)
+                text_inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
+                               "token_type_ids": tokens.get("token_type_ids")}
+            if image is not None and text is not None:
+                # the model's one entry point for a composed query: the composer decides what it reads of the text
+                query_embeds, weight = self.model.get_composed_features(image_embeds=image_embeds, **text_inputs,
+                                                                        return_text_weight=True)
+                mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
+            elif image is not None:
+                query_embeds, mode = image_embeds, "image"
+            else:
+                query_embeds, mode = self.model.get_text_features(**text_inputs), "text"
         exclude = exclude_reference and image_embeds is not None
         scores, positions = self.index.search(query_embeds, k + (REFERENCE_COPIES if exclude else 0))
         kept = [(float(score), int(position)) for score, position in zip(scores[0], positions[0]) if position >= 0]
@@ -136,10 +153,13 @@ class GallerySearcher:
         return SearchResult(mode=mode, hits=hits, text_weight=text_weight)
 
     def hit_image(self, hit: SearchHit):
-        """What to show for a hit: its file path (folder galleries) or its decoded image, read from the indexed
-        dataset (loaded once, on first use); None when neither is available."""
+        """The decoded image of a hit (RGB PIL): its indexed file (folder galleries; only if it is still the file
+        that was indexed, not since replaced by a link elsewhere), or its cell of the indexed dataset (loaded once, on
+        first use); None when it cannot be read."""
         if hit.path:
-            return hit.path
+            if Path(hit.path).resolve() != Path(hit.path):
+                return None
+            return try_load_image(hit.path)
         source = self.index.metadata.get("source", {})
         if hit.row < 0 or "dataset" not in source:
             return None
@@ -147,4 +167,4 @@ class GallerySearcher:
             from datasets import load_dataset
 
             self._dataset = load_dataset(source["dataset"], split=source["split"])
-        return open_image(self._dataset[hit.row][source["image_column"]])
+        return try_load_image(self._dataset[hit.row][source["image_column"]])

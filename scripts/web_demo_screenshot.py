@@ -13,14 +13,20 @@ import shutil
 import socket
 from pathlib import Path
 
-from scot_search.app import DEFAULT_GALLERY, DEFAULT_INDEX, build_app, example_images, launch_app, load_or_build_searcher
+from scot_search.app import build_app, example_images, launch_app, load_or_build_searcher
+
+# what `make demo` writes (as `make web-demo` passes them)
+DEMO_MODEL = "scot-demo"
+DEMO_INDEX = "outputs/demo/gallery-index"
+DEMO_GALLERY = "outputs/demo/benchmark/dev"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", default=DEFAULT_INDEX)
-    parser.add_argument("--gallery", default=DEFAULT_GALLERY)
-    parser.add_argument("--image", default=f"{DEFAULT_GALLERY}/kangaroo-silo-red.png")
+    parser.add_argument("--model", default=DEMO_MODEL)
+    parser.add_argument("--index", default=DEMO_INDEX)
+    parser.add_argument("--gallery", default=DEMO_GALLERY)
+    parser.add_argument("--image", default=f"{DEMO_GALLERY}/kangaroo-silo-red.png")
     parser.add_argument("--text", default="change the colour to blue")
     parser.add_argument("--output", default="docs/web_demo.png")
     args = parser.parse_args()
@@ -32,12 +38,12 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    searcher = load_or_build_searcher(args.index, gallery=args.gallery)
+    searcher = load_or_build_searcher(args.index, model=args.model, gallery=args.gallery)
     app = build_app(searcher, examples=example_images(searcher.index, 8))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    launch_app(app, searcher, port=port, prevent_thread_lock=True)
+    launch_app(app, port=port, prevent_thread_lock=True)
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")

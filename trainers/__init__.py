@@ -1,1 +1,3 @@
-"""SCOT training and evaluation: ScotTrainer, the embedding cache, `train.py`, CIR benchmarks and metrics."""
+"""SCOT training: `ScotTrainer`, its arguments (`training_args`), the embedding cache, and `train.py` (`scot-train`).
+
+Evaluation on the CIR benchmarks lives in `scot_eval` (`python -m trainers.evaluate` is kept as an alias)."""

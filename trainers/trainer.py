@@ -5,19 +5,25 @@ Batches come in two shapes:
   from `trainers.embedding_cache`; only the Combiner runs.
 - raw (cache off, needed for unfrozen encoders): `pixel_values`, `input_ids`, `attention_mask` and the tokenised
   modified captions and captions from `RawTripletCollator`; the encoder runs every step, as in CLIP4Cir.
+
+Either way the composed queries come from the model's forward (`ScotModel.get_composed_features` inside it): the
+forward, not the method, so that DDP's gradient hooks see the call.
 """
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
 from modeling_scot import compute_scot_loss
+from scot_core import try_load_image
 
-from .embedding_cache import TripletColumns, open_image
+from .embedding_cache import TripletColumns
+from .training_args import ScotTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ class RawTripletCollator:
         kept = []
         for row in rows:
             texts = [row.get(name) for name in columns.text_columns]
-            image = open_image(row[columns.image]) if row.get(columns.image) is not None else None
+            image = try_load_image(row.get(columns.image))
             if image is None or not all(isinstance(t, str) and t.strip() for t in texts):
                 self.skipped += 1
                 continue
@@ -95,32 +101,47 @@ class RawTripletCollator:
 def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -> dict[str, float]:
     """Proxy retrieval metric during training: rank every distinct modified caption of the held-out slice for each
     composed query; recall@k in percent. Duplicate captions count as one gallery entry."""
-    from .metrics import recall_at_k
+    from scot_eval.metrics import recall_at_k
 
     composed = torch.as_tensor(eval_prediction.predictions, dtype=torch.float32)
     targets = torch.as_tensor(eval_prediction.label_ids, dtype=torch.float32)
     distinct_targets, target_index = torch.unique(targets, dim=0, return_inverse=True)
-    scores = torch.nn.functional.normalize(composed, dim=-1) @ torch.nn.functional.normalize(distinct_targets, dim=-1).T
+    normalize = torch.nn.functional.normalize
+    scores = normalize(composed, dim=-1) @ normalize(distinct_targets, dim=-1).T
     return recall_at_k(scores, target_index, ks=ks)
 
 
 class ScotTrainer(Trainer):
     """A `Trainer` for `ScotModel`: the SCOT (or InfoNCE) loss from `modeling_scot` over the batch gathered from all
     processes, on cached embeddings or raw batches. Evaluation reports the loss and composed -> modified-caption
-    recall@1/5/10 on the evaluation set; with `cir_benchmark` set, also a CIR benchmark through `trainers.evaluate`.
-    Every save writes a model card (README.md, from `hub_cards`) next to the weights; `dataset_name` names the
-    triplet data in it."""
+    recall@1/5/10 on the evaluation set; with `args.cir_benchmark` set, also that CIR benchmark (`scot_eval`).
+    Every save writes a model card (README.md, from `hub_cards`) next to the weights, naming `args.dataset_name`.
+
+    `args` is a `ScotTrainingArguments`; plain `TrainingArguments` are converted (with no benchmark, no dataset name),
+    as TRL's trainers convert theirs."""
 
     # The loss is a function of the whole (global) batch, not a sum over items: training_step divides it by the
     # gradient-accumulation steps, so accumulated gradients are the mean over micro-batches.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, cir_benchmark: dict | None = None, dataset_name: str | None = None, **kwargs):
+    def __init__(self, model=None, args: TrainingArguments | None = None, *trainer_args, **kwargs):
+        if args is None:
+            args = ScotTrainingArguments()
+        elif not isinstance(args, ScotTrainingArguments):
+            settings = {**args.to_dict(), "hub_token": args.hub_token}  # to_dict masks the token
+            accepted = {field.name for field in dataclasses.fields(ScotTrainingArguments) if field.init}
+            args = ScotTrainingArguments(**{name: value for name, value in settings.items() if name in accepted})
         kwargs.setdefault("compute_metrics", composed_to_caption_recall)
-        super().__init__(*args, **kwargs)
-        self.cir_benchmark = cir_benchmark
-        self.dataset_name = dataset_name
+        super().__init__(model, args, *trainer_args, **kwargs)
         self._prepared_benchmark = None
+
+    @property
+    def cir_benchmark_settings(self) -> dict | None:
+        """The CIR benchmark evaluated during training, as `hub_cards.evaluations_from_log_history` reads it."""
+        if not self.args.cir_benchmark:
+            return None
+        return {"benchmark": self.args.cir_benchmark, "data_dir": self.args.cir_data_dir,
+                "split": self.args.cir_split, "method": "scot"}
 
     def _embed_batch(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Composed embeddings (with gradient) and the target / negative caption embeddings of one batch."""
@@ -198,7 +219,7 @@ class ScotTrainer(Trainer):
             # so the card claims none
             evaluations = []
         else:
-            evaluations = evaluations_from_log_history(self.state.log_history, self.cir_benchmark, step=step)
+            evaluations = evaluations_from_log_history(self.state.log_history, self.cir_benchmark_settings, step=step)
         if isinstance(dataset, (list, tuple)):
             dataset = dataset[0] if dataset else None
         default_name = (self.args.hub_model_id or "").split("/")[-1] or Path(self.args.output_dir).resolve().name
@@ -209,7 +230,7 @@ class ScotTrainer(Trainer):
             evaluations=evaluations,
             training=training_summary(self.args.to_dict(), self.state.log_history, global_step=step,
                                       epoch=self.state.epoch, world_size=self.args.world_size),
-            dataset={"name": dataset or self.dataset_name,
+            dataset={"name": dataset or self.args.dataset_name,
                      "train_rows": _length(self.train_dataset), "eval_rows": _length(self.eval_dataset)},
             license=license,
             base_model=finetuned_from,
@@ -219,18 +240,19 @@ class ScotTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if self.cir_benchmark:
-            from .evaluate import evaluate_prepared, prepare_benchmark
+        if self.args.cir_benchmark:
+            from scot_eval.evaluation import evaluate_prepared, prepare_benchmark
 
             scot_model = self.accelerator.unwrap_model(self.model)
-            settings = dict(self.cir_benchmark)
-            method = settings.pop("method", "scot")
             if self._prepared_benchmark is None:
                 # the encoder is frozen: gallery, references and query texts are encoded once per run
-                self._prepared_benchmark = prepare_benchmark(scot_model, self.processing_class, **settings)
-            result = evaluate_prepared(scot_model, self._prepared_benchmark, method=method)
-            name = settings["benchmark"]
-            cir_metrics = {f"{metric_key_prefix}_{name}_{key}": float(value) for key, value in result["metrics"].items()}
+                self._prepared_benchmark = prepare_benchmark(scot_model, self.processing_class,
+                                                             self.args.cir_benchmark, self.args.cir_data_dir,
+                                                             self.args.cir_split)
+            result = evaluate_prepared(scot_model, self._prepared_benchmark, method="scot",
+                                       processor=self.processing_class)
+            cir_metrics = {f"{metric_key_prefix}_{self.args.cir_benchmark}_{key}": float(value)
+                           for key, value in result.metrics.items()}
             self.log(cir_metrics)
             metrics.update(cir_metrics)
         return metrics

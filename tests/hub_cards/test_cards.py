@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from huggingface_hub import DatasetCard, ModelCard
 from PIL import Image
 
@@ -16,8 +17,8 @@ from hub_cards import (
     render_model_card,
     update_model_card,
 )
+from scot_eval.cli import main as evaluate_main
 from tests.hub_cards.front_matter import front_matter, model_index_metrics
-from trainers.evaluate import main as evaluate_main
 
 REPO = Path(__file__).resolve().parents[2]
 CIRR_METRICS = {"R@1": "recall@1", "R@5": "recall@5", "R@10": "recall@10", "R@50": "recall@50",
@@ -27,17 +28,17 @@ CIRR_METRICS = {"R@1": "recall@1", "R@5": "recall@5", "R@10": "recall@10", "R@50
 def _evaluate(scot_folder, cir_data, benchmark, tmp_path, *extra) -> dict:
     """Run the evaluation entry as a user would; return the metrics.json it wrote."""
     output_dir = tmp_path / "evaluations" / "-".join([benchmark, *extra]).replace("--", "")
-    assert evaluate_main(["--model", str(scot_folder), "--benchmark", benchmark, "--data_dir", str(cir_data[benchmark]),
-                          "--output_dir", str(output_dir), "--cache_dir", str(tmp_path / "cache"), "--no_progress",
-                          *extra]) == 0
+    assert evaluate_main(["--model", str(scot_folder), "--benchmark", benchmark,
+                          "--data_dir", str(cir_data[benchmark]), "--output_dir", str(output_dir),
+                          "--cache_dir", str(tmp_path / "cache"), "--no_progress", *extra]) == 0
     return json.loads((output_dir / "metrics.json").read_text())
 
 
-def test_evaluate_records_each_benchmark_in_the_model_index(scot_folder, cir_data, tmp_path):
-    measured = {benchmark: _evaluate(scot_folder, cir_data, benchmark, tmp_path, "--update_model_card")
+def test_evaluate_records_each_benchmark_in_the_model_index(fresh_scot_folder, cir_data, tmp_path):
+    measured = {benchmark: _evaluate(fresh_scot_folder, cir_data, benchmark, tmp_path, "--update_model_card")
                 for benchmark in ("cirr", "circo", "fashioniq")}
 
-    metadata = front_matter(scot_folder / "README.md")
+    metadata = front_matter(fresh_scot_folder / "README.md")
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-feature-extraction"
     assert {"scot", "composed-image-retrieval", "clip"} <= set(metadata["tags"])
     assert "base_model" not in metadata  # the tiny encoder is a local folder, not a Hub id
@@ -58,24 +59,24 @@ def test_evaluate_records_each_benchmark_in_the_model_index(scot_folder, cir_dat
     assert {result["task"]["type"] for result in entry["results"]} == {"image-feature-extraction"}
 
     # huggingface_hub reads the same model-index back, and the Results table shows the measured numbers
-    card = ModelCard.load(scot_folder / "README.md")
+    card = ModelCard.load(fresh_scot_folder / "README.md")
     assert len(card.data.eval_results) == len(expected)
     assert f"| scot-tiny-clip | {measured['cirr']['metrics']['R@1']:.2f} |" in card.text
     assert f"| dress | {measured['fashioniq']['metrics']['dress_R@10']:.2f} |" in card.text
     assert "Not evaluated" not in card.text
 
 
-def test_baselines_and_test_splits_leave_the_card_alone(scot_folder, cir_data, tmp_path):
-    _evaluate(scot_folder, cir_data, "cirr", tmp_path, "--update_model_card")
-    recorded = (scot_folder / "README.md").read_text()
-    _evaluate(scot_folder, cir_data, "cirr", tmp_path, "--update_model_card", "--method", "sum")
-    evaluate_main(["--model", str(scot_folder), "--benchmark", "cirr", "--data_dir", str(cir_data["cirr"]), "--split",
-                   "test1", "--output_dir", str(tmp_path / "test1"), "--cache_dir", str(tmp_path / "cache"),
+def test_baselines_and_test_splits_leave_the_card_alone(fresh_scot_folder, cir_data, tmp_path):
+    _evaluate(fresh_scot_folder, cir_data, "cirr", tmp_path, "--update_model_card")
+    recorded = (fresh_scot_folder / "README.md").read_text()
+    _evaluate(fresh_scot_folder, cir_data, "cirr", tmp_path, "--update_model_card", "--method", "sum")
+    evaluate_main(["--model", str(fresh_scot_folder), "--benchmark", "cirr", "--data_dir", str(cir_data["cirr"]),
+                   "--split", "test1", "--output_dir", str(tmp_path / "test1"), "--cache_dir", str(tmp_path / "cache"),
                    "--no_progress", "--update_model_card"])
-    assert (scot_folder / "README.md").read_text() == recorded
+    assert (fresh_scot_folder / "README.md").read_text() == recorded
     # the same measurement again replaces its entries instead of adding a second copy
-    again = _evaluate(scot_folder, cir_data, "cirr", tmp_path, "--update_model_card")
-    index = model_index_metrics(front_matter(scot_folder / "README.md"))
+    again = _evaluate(fresh_scot_folder, cir_data, "cirr", tmp_path, "--update_model_card")
+    index = model_index_metrics(front_matter(fresh_scot_folder / "README.md"))
     assert len(index) == len(CIRR_METRICS)
     assert index[("cirr", None, "val", "recall@1", None)] == round(again["metrics"]["R@1"], 2)
 
@@ -94,29 +95,29 @@ def test_newer_results_replace_older_ones_and_others_are_kept():
                                          "metrics": {"R@1": 50.0}}) == []
 
 
-def test_a_hand_written_card_keeps_its_text(scot_folder, cir_data, tmp_path):
-    (scot_folder / "README.md").write_text("---\nlicense: mit\n---\n\n# My model\n\nWritten by hand.\n")
-    measured = _evaluate(scot_folder, cir_data, "circo", tmp_path)
-    update_model_card(scot_folder, measured)
-    metadata = front_matter(scot_folder / "README.md")
+def test_a_hand_written_card_keeps_its_text(fresh_scot_folder, cir_data, tmp_path):
+    (fresh_scot_folder / "README.md").write_text("---\nlicense: mit\n---\n\n# My model\n\nWritten by hand.\n")
+    measured = _evaluate(fresh_scot_folder, cir_data, "circo", tmp_path)
+    update_model_card(fresh_scot_folder, measured)
+    metadata = front_matter(fresh_scot_folder / "README.md")
     assert metadata["license"] == "mit"
     index = model_index_metrics(metadata)
     assert index[("circo", None, "val", "map@5", None)] == round(measured["metrics"]["mAP@5"], 2)
-    text = (scot_folder / "README.md").read_text()
+    text = (fresh_scot_folder / "README.md").read_text()
     row = " | ".join(f"{measured['metrics'][f'mAP@{k}']:.2f}" for k in (5, 10, 25, 50))
     assert "Written by hand." in text and f"| scot-tiny-clip | {row} |" in text
 
 
-def test_a_card_without_metrics_has_no_model_index_and_says_so(scot_folder):
+def test_a_card_without_metrics_has_no_model_index_and_says_so(fresh_scot_folder):
     from modeling_scot import ScotConfig
 
-    card = render_model_card(ScotConfig.from_pretrained(scot_folder), model_name="scot-tiny-clip",
+    card = render_model_card(ScotConfig.from_pretrained(fresh_scot_folder), model_name="scot-tiny-clip",
                              dataset={"name": "someone/scot-triplets", "train_rows": 1000})
-    card.save(scot_folder / "README.md")
-    metadata = front_matter(scot_folder / "README.md")
+    card.save(fresh_scot_folder / "README.md")
+    metadata = front_matter(fresh_scot_folder / "README.md")
     assert "model-index" not in metadata
     assert metadata["datasets"] == ["someone/scot-triplets"] and metadata["library_name"] == "transformers"
-    assert ModelCard.load(scot_folder / "README.md").data.eval_results is None
+    assert ModelCard.load(fresh_scot_folder / "README.md").data.eval_results is None
     assert "Not evaluated on a composed image retrieval benchmark" in card.text
     assert "No training record was found" in card.text and "1000 triplets" in card.text
 
@@ -175,6 +176,7 @@ def test_dataset_card_of_a_generated_folder_has_configs_and_the_real_counts(tmp_
     assert "| `empty_caption` | 1 |" in card.text  # the empty caption was skipped and counted
 
 
+@pytest.mark.slow
 def test_hub_cards_imports_nothing_heavy():
     # trainers, data_gen and the demo import hub_cards; it must not pull torch / transformers / datasets itself
     code = ("import sys, hub_cards; heavy = {'torch', 'transformers', 'datasets'} & set(sys.modules); "

@@ -25,12 +25,12 @@ def trainer(tmp_path_factory):
     """4 steps on the 64-row triplet dataset (48 train / 16 held out) with CIRR evaluated by the trainer."""
     root = tmp_path_factory.mktemp("card_training")
     model_args = ModelArguments(model_name_or_path=str(save_tiny_clip(root / "clip")))
-    data_args = DataArguments(dataset_name=str(save_triplet_dataset(root / "data")), eval_fraction=0.25,
-                              embedding_cache_dir=str(root / "cache"), cir_benchmark="cirr",
-                              cir_data_dir=str(build_cirr(root / "cirr")))
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(root / "cache"))
     training_args = ScotTrainingArguments(output_dir=str(root / "out"), per_device_train_batch_size=16, max_steps=4,
                                           learning_rate=1e-3, logging_steps=2, save_strategy="no", seed=0,
-                                          report_to="none", disable_tqdm=True)
+                                          report_to="none", disable_tqdm=True,
+                                          dataset_name=str(save_triplet_dataset(root / "data")), cir_benchmark="cirr",
+                                          cir_data_dir=str(build_cirr(root / "cirr")))
     trainer = build_trainer(model_args, data_args, training_args)
     trainer.train()
     return trainer
@@ -84,13 +84,13 @@ def test_a_card_failure_never_costs_the_save(trainer, tmp_path, monkeypatch, cap
 
 def test_demo_card_indexes_only_the_model_and_compares_the_baselines(trainer, tmp_path):
     from demo.run import write_model_card
-    from trainers.evaluate import evaluate_benchmark
+    from scot_eval.evaluation import evaluate_benchmark
 
     folder = tmp_path / "scot-demo"
     trainer.save_model(str(folder))
     trainer.save_state()  # trainer_state.json: the training record the demo card reads
     scot_model = trainer.accelerator.unwrap_model(trainer.model)
-    data_dir = trainer.cir_benchmark["data_dir"]
+    data_dir = trainer.args.cir_data_dir
     metrics = {method: {key: round(value, 2) for key, value in evaluate_benchmark(
         scot_model, trainer.processing_class, "cirr", data_dir, "val", method, cache_dir=tmp_path / "cache",
         show_progress=False)["metrics"].items()} for method in ("image", "text", "sum", "scot")}
@@ -102,6 +102,8 @@ def test_demo_card_indexes_only_the_model_and_compares_the_baselines(trainer, tm
     assert {key[0] for key in index} == {"scot-demo-colour-benchmark"}
     assert {key[3]: value for key, value in index.items()}["recall@1"] == metrics["scot"]["R@1"]
     text = (folder / "README.md").read_text()
-    for label, method in (("Image only", "image"), ("Text only", "text"), ("SCOT (this model)", "scot")):
-        assert f"| {label} | {metrics[method]['R@1']:.2f} | {metrics[method]['R@5']:.2f} |" in text
+    from demo.report import METHOD_NAMES  # the demo names its methods in one place, the card included
+
+    for method in ("image", "text", "scot"):
+        assert f"| {METHOD_NAMES[method]} | {metrics[method]['R@1']:.2f} | {metrics[method]['R@5']:.2f} |" in text
     assert json.loads((folder / "config.json").read_text())["model_type"] == "scot"

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
@@ -45,6 +46,7 @@ def _clean_env(tmp_path):
     return env
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_remote_code_without_the_package(backbone_folders, tmp_path):
     folder = tmp_path / "scot-remote"
     model = ScotModel.from_backbone(backbone_folders["clip"])
@@ -72,6 +74,7 @@ def test_saved_folder_loads_with_remote_code_without_the_package(backbone_folder
     torch.testing.assert_close(torch.tensor(loaded["composed"]), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_import_pulls_in_no_training_or_data_libraries(tmp_path):
     probe = ("import modeling_scot, sys; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'trl', 'peft', 'bitsandbytes', 'datasets'}))")

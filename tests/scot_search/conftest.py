@@ -12,7 +12,8 @@ SHAPES = ("circle", "square", "triangle", "bar")
 
 
 def write_gallery(folder: Path) -> Path:
-    """12 PNGs in two sub-folders, one file that is not a PNG despite its name, and one text file."""
+    """12 PNGs in two sub-folders, one file that is not a PNG despite its name, one text file, and hidden files that
+    are no images (never listed, never served)."""
     for shape in SHAPES:
         for name in COLOURS:
             sub = folder / ("round" if shape == "circle" else "angular")
@@ -20,6 +21,9 @@ def write_gallery(folder: Path) -> Path:
             draw(shape, name).save(sub / f"{shape}-{name}.png")
     (folder / "broken.png").write_bytes(b"this is not a PNG")
     (folder / "notes.txt").write_text("not an image")
+    (folder / ".env").write_text("API_TOKEN=secret\n")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_text("[remote \"origin\"]\n")
     return folder
 
 

@@ -42,7 +42,7 @@ def app_url(searcher):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(searcher, max_pixels=MAX_PIXELS, examples=example_images(searcher.index, 4))
     port = free_port()
-    launch_app(app, searcher, port=port, max_upload_mb=MAX_UPLOAD_MB, prevent_thread_lock=True)
+    launch_app(app, port=port, max_upload_mb=MAX_UPLOAD_MB, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 
@@ -93,6 +93,7 @@ def wait_for_message(browser, wait) -> str:
 
 
 @needs_browser
+@pytest.mark.slow
 def test_search_renders_results_and_lambda(browser, app_url, gallery_folder, searcher):
     from selenium.webdriver.common.by import By
 
@@ -114,6 +115,7 @@ def test_search_renders_results_and_lambda(browser, app_url, gallery_folder, sea
 
 
 @needs_browser
+@pytest.mark.slow
 def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, gallery_folder, tmp_path):
     cases = []
     cases.append((gallery_folder / "round" / "circle-red.png", "   ", "Type the change"))
@@ -135,8 +137,9 @@ def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, gallery_fol
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
     path = tmp_path / "wide.png"
     Image.new("L", (2000, 1000)).save(path)
-    with pytest.raises(ValueError, match="2000×1000 = 2.0 megapixels"):
+    with pytest.raises(ValueError, match="at most 1.0 megapixels") as refused:
         check_reference_image(path, max_pixels=1_000_000)
+    assert str(tmp_path) not in str(refused.value)  # the page does not show where the upload was stored
     assert check_reference_image(path, max_pixels=2_000_000).size == (2000, 1000)
 
 
@@ -177,8 +180,10 @@ def test_building_the_page_writes_nothing_beside_the_package(searcher):
 
 
 @needs_browser
+@pytest.mark.slow
 def test_dataset_gallery_results_show_their_images(browser, gallery_folder, scot_folder, tmp_path):
-    from datasets import Dataset, Image as ImageFeature
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
     from selenium.webdriver.common.by import By
 
     from scot_search import GallerySearcher
@@ -193,10 +198,44 @@ def test_dataset_gallery_results_show_their_images(browser, gallery_folder, scot
     searcher = GallerySearcher.from_pretrained(tmp_path / "index")
     app = build_app(searcher)
     port = free_port()
-    launch_app(app, searcher, port=port, prevent_thread_lock=True)
+    launch_app(app, port=port, prevent_thread_lock=True)
     try:
         wait = submit(browser, f"http://127.0.0.1:{port}/", gallery_folder / "round" / "circle-red.png", "in blue")
         wait.until(lambda page: len(page.find_elements(By.CSS_SELECTOR, "#result-gallery img")) >= 10)
         assert toast_text(browser) == ""
     finally:
         app.close()
+
+
+def test_no_file_of_the_gallery_folder_is_served_by_its_path(app_url, gallery_folder):
+    import urllib.error
+    import urllib.request
+
+    # not indexed (a secret, a repository's config, notes, an unreadable image) — and not even an indexed image:
+    # the page shows decoded copies, which Gradio serves from its own cache
+    for name in (".env", ".git/config", "notes.txt", "broken.png", "round/circle-red.png"):
+        assert (gallery_folder / name).is_file()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{app_url}gradio_api/file={gallery_folder / name}", timeout=30)
+        assert refused.value.code == 403, name
+
+
+def test_results_show_the_indexed_images_only(searcher, gallery_folder, tmp_path):
+    import shutil
+
+    from scot_search import SearchHit
+    from scot_search.app import result_thumbnail
+
+    hit = searcher.query(image=gallery_folder / "round" / "circle-red.png", text="in blue", k=1).hits[0]
+    expected = Image.open(gallery_folder / hit.id).convert("RGB")
+    np.testing.assert_array_equal(np.asarray(result_thumbnail(searcher, hit)), np.asarray(expected))
+
+    # an indexed file replaced since by a link to a file outside the gallery is not shown
+    gallery = tmp_path / "photos"
+    shutil.copytree(gallery_folder, gallery)
+    indexed = SearchHit(rank=1, id=hit.id, score=hit.score, path=str((gallery / hit.id).resolve()))
+    assert searcher.hit_image(indexed) is not None
+    shutil.copy(gallery_folder / hit.id, tmp_path / "outside.png")
+    (gallery / hit.id).unlink()
+    (gallery / hit.id).symlink_to(tmp_path / "outside.png")
+    assert searcher.hit_image(indexed) is None

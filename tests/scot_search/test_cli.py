@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from scot_search.cli import main
 
 
@@ -38,15 +40,19 @@ def test_index_reports_counts(gallery_folder, scot_folder, tmp_path, capsys):
     assert description["model_name_or_path"] == str(Path(scot_folder).resolve())
 
 
-def test_errors_are_one_line_and_exit_2(gallery_index, gallery_folder, tmp_path, capsys):
+def test_errors_are_one_line_and_exit_2(gallery_index, gallery_folder, scot_folder, tmp_path, capsys):
     reference = str(gallery_folder / "round" / "circle-red.png")
     cases = [
         (["query", "--index", str(gallery_index), "--image", reference, "--text", " "], "text is empty"),
         (["query", "--index", str(gallery_index), "--image", str(tmp_path / "nope.png")], "does not exist"),
         (["query", "--index", str(gallery_index)], "give --image, --text or both"),
         (["query", "--index", str(tmp_path), "--text", "x"], "not a complete gallery index"),
-        (["index", str(tmp_path / "missing"), "--output", str(tmp_path / "i")], "does not exist"),
-        (["index", str(gallery_folder), "--output", str(tmp_path / "i"), "--nprobe", "3"], "do not apply"),
+        (["index", str(tmp_path / "missing"), "--model", str(scot_folder), "--output", str(tmp_path / "i")],
+         "does not exist"),
+        (["index", str(gallery_folder), "--model", str(scot_folder), "--output", str(tmp_path / "i"), "--nprobe", "3"],
+         "do not apply"),
+        (["index", str(gallery_folder), "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "i")],
+         "is not a model this package can load"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -54,6 +60,7 @@ def test_errors_are_one_line_and_exit_2(gallery_index, gallery_folder, tmp_path,
         assert message in err and "Traceback" not in err, (argv, err)
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     script = Path(sys.executable).with_name("scot-search")
     completed = subprocess.run([str(script), "query", "--help"], capture_output=True, text=True,
@@ -63,7 +70,8 @@ def test_console_script_is_installed():
 
 
 def test_index_a_datasets_dataset(gallery_folder, scot_folder, tmp_path, capsys):
-    from datasets import Dataset, Image as ImageFeature
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
 
     paths = sorted(str(path) for path in gallery_folder.rglob("*-green.png"))
     dataset = Dataset.from_dict({"image": paths, "name": [Path(path).stem for path in paths]})
@@ -87,3 +95,35 @@ def test_index_a_datasets_dataset(gallery_folder, scot_folder, tmp_path, capsys)
     searcher = GallerySearcher.from_pretrained(output)
     shown = searcher.hit_image(SearchHit(rank=1, id=hit["id"], score=hit["score"], row=hit["row"]))
     np.testing.assert_array_equal(np.asarray(shown.convert("RGB")), np.asarray(Image.open(paths[0]).convert("RGB")))
+
+
+def test_index_output_in_the_gallery_is_refused_and_nothing_is_deleted(gallery_folder, scot_folder, tmp_path, capsys):
+    import shutil
+
+    gallery = tmp_path / "photos"
+    shutil.copytree(gallery_folder, gallery)
+    (gallery / "chunks").mkdir()  # a user's sub-folder that happens to share a name with the index's own
+    shutil.copy(gallery_folder / "round" / "circle-red.png", gallery / "chunks" / "holiday.png")
+    before = {path: path.read_bytes() for path in gallery.rglob("*") if path.is_file()}
+    for output in (gallery, gallery / "index", gallery / "chunks"):
+        assert main(["index", str(gallery), "--model", str(scot_folder), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert "would mix with the images" in err and "Traceback" not in err, err
+    assert {path: path.read_bytes() for path in gallery.rglob("*") if path.is_file()} == before
+
+    documents = tmp_path / "documents"  # not a gallery, but not an index either
+    documents.mkdir()
+    (documents / "ids.parquet").write_bytes(b"my table")
+    assert main(["index", str(gallery), "--model", str(scot_folder), "--output", str(documents)]) == 2
+    assert "is not a SCOT gallery index" in capsys.readouterr().err
+    assert (documents / "ids.parquet").read_bytes() == b"my table"
+
+
+def test_a_concurrent_index_run_gets_one_line(gallery_index, gallery_folder, scot_folder, capsys):
+    import fcntl
+
+    with open(gallery_index / ".scot-index.lock", "a") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["index", str(gallery_folder), "--model", str(scot_folder), "--output", str(gallery_index)]) == 2
+    err = capsys.readouterr().err
+    assert "another run is writing here" in err.lower() and "Traceback" not in err

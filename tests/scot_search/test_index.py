@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +22,9 @@ def encode(model, processor, paths) -> np.ndarray:
 
 
 def test_folder_listing_skips_hidden_and_counts_other_files(gallery_folder, tmp_path):
-    items, ignored = list_image_folder(gallery_folder)
-    assert len(items) == 13 and ignored == 1  # 12 drawings + broken.png; notes.txt ignored
+    items, skipped = list_image_folder(gallery_folder)
+    assert len(items) == 13  # 12 drawings + broken.png; notes.txt ignored, .env and .git/ hidden
+    assert skipped == {"not_an_image_file": 1, "link_outside_gallery": 0}
     assert [item.id for item in items] == sorted(item.id for item in items)
     assert "round/circle-red.png" in {item.id for item in items}
     with pytest.raises(NotADirectoryError, match="does not exist"):
@@ -33,7 +35,7 @@ def test_index_holds_the_models_embeddings_and_skips_unreadable_files(gallery_in
                                                                         model_and_processor):
     index = GalleryIndex.load(gallery_index)
     assert len(index) == 12 and index.index_type == "flat"
-    assert index.metadata["skipped"] == {"unreadable_image": 1, "not_an_image_file": 1}
+    assert index.metadata["skipped"] == {"unreadable_image": 1, "not_an_image_file": 1, "link_outside_gallery": 0}
     assert index.metadata["unreadable_images"] == ["broken.png"]
     assert not (gallery_index / "chunks").exists()  # the resume state is removed once the index is complete
     expected = encode(*model_and_processor, [gallery_folder / item_id for item_id in index.ids])
@@ -122,7 +124,8 @@ def test_changed_image_list_starts_over(gallery_folder, model_and_processor, tmp
 
 
 def test_dataset_gallery_with_id_column(model_and_processor, tmp_path, gallery_folder):
-    from datasets import Dataset, Image as ImageFeature
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
 
     model, processor = model_and_processor
     paths = sorted(str(path) for path in gallery_folder.rglob("*-red.png"))
@@ -193,3 +196,113 @@ def test_indexing_again_encodes_only_new_and_changed_images(gallery_folder, mode
     np.testing.assert_allclose(updated.embeds, fresh.embeds, atol=1e-6)
     reloaded = GalleryIndex.load(tmp_path / "index")
     assert reloaded.versions == fresh.versions and all(reloaded.versions)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones too) with its bytes."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_folder_that_is_not_an_index_is_refused_untouched(gallery_folder, model_and_processor, tmp_path):
+    model, processor = model_and_processor
+    items = list_image_folder(gallery_folder)[0][:3]
+    folder = tmp_path / "my-documents"
+    (folder / "chunks").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "chunks" / "draft.txt").write_text("mine too")
+    (folder / "index.faiss").write_bytes(b"not faiss")  # a name an index uses, but not written by one
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match="not empty and is not a SCOT gallery index"):
+        build_gallery_index(model, processor, items, folder, show_progress=False)
+    with pytest.raises(ValueError, match="not empty and is not a SCOT gallery index"):
+        GalleryIndex(np.eye(3, dtype=np.float32), ["a", "b", "c"]).save(folder)
+    assert snapshot(folder) == before
+
+    # a new folder is marked before anything else is written, and is an index folder from then on
+    index = build_gallery_index(model, processor, items, tmp_path / "new" / "index", show_progress=False)
+    assert (tmp_path / "new" / "index" / ".scot-index").is_file()
+    assert len(build_gallery_index(model, processor, items, tmp_path / "new" / "index", show_progress=False)) == len(
+        index)
+
+
+def test_only_the_index_files_are_ever_removed(gallery_folder, model_and_processor, tmp_path, caplog):
+    model, processor = model_and_processor
+    items = list_image_folder(gallery_folder)[0]
+    folder = tmp_path / "index"
+    build_gallery_index(model, processor, items[:4], folder, index_type="hnsw", show_progress=False)
+    # files a user left in the index folder, one of them inside chunks/ with the stale chunks of another plan
+    (folder / "README.txt").write_text("my notes about this index")
+    (folder / "chunks").mkdir()
+    (folder / "chunks" / "plan.json").write_text(json.dumps({"digest": "another plan", "num_images": 1}))
+    (folder / "chunks" / "images-00000.safetensors").write_bytes(b"stale")
+    (folder / "chunks" / "keep-me.txt").write_text("mine")
+    build_gallery_index(model, processor, items, folder, show_progress=False)
+    assert (folder / "README.txt").read_text() == "my notes about this index"
+    assert sorted(path.name for path in (folder / "chunks").iterdir()) == ["keep-me.txt"]
+    assert "did not write: left in place" in caplog.text
+    assert not (folder / "index.faiss").exists()  # the hnsw build's own file, replaced by a flat index
+
+
+def test_a_torn_plan_file_starts_the_encoding_over(gallery_folder, model_and_processor, tmp_path, caplog):
+    model, processor = model_and_processor
+    items = list_image_folder(gallery_folder)[0][:5]
+    folder = tmp_path / "index"
+    (folder / "chunks").mkdir(parents=True)
+    (folder / ".scot-index").write_text("")  # an index folder of an interrupted run
+    (folder / "chunks" / "plan.json").write_text('{"digest": "ab')  # torn in place by a crash
+    (folder / "chunks" / "images-00000.safetensors").write_bytes(b"half a chunk")
+    index = build_gallery_index(model, processor, items, folder, show_progress=False)
+    assert "plan.json" in caplog.text and "encoding from the start" in caplog.text
+    assert index.ids == [item.id for item in items if item.id != "broken.png"]
+    assert not (folder / "chunks").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(gallery_folder, model_and_processor, tmp_path):
+    import fcntl
+
+    model, processor = model_and_processor
+    items = list_image_folder(gallery_folder)[0][:3]
+    folder = tmp_path / "index"
+    build_gallery_index(model, processor, items, folder, show_progress=False)
+    with open(folder / ".scot-index.lock", "a") as other_run:  # what a concurrent run holds while it writes
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OSError, match="Another run is writing here"):
+            build_gallery_index(model, processor, items, folder, show_progress=False)
+    # released: the next run goes ahead
+    assert len(build_gallery_index(model, processor, items, folder, show_progress=False)) == 3
+
+
+def test_links_to_files_outside_the_gallery_are_left_out(gallery_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(gallery_folder, folder)
+    outside = tmp_path / "private"
+    outside.mkdir()
+    shutil.copy(gallery_folder / "round" / "circle-red.png", outside / "passport.png")
+    (folder / "passport.png").symlink_to(outside / "passport.png")
+    (folder / "round" / "favourite.png").symlink_to(folder / "round" / "circle-blue.png")  # inside: kept
+    (folder / "linked-folder").symlink_to(outside, target_is_directory=True)
+    items, skipped = list_image_folder(folder)
+    ids = {item.id for item in items}
+    assert "passport.png" not in ids and not any(item_id.startswith("linked-folder") for item_id in ids)
+    assert skipped == {"not_an_image_file": 1, "link_outside_gallery": 1}
+    favourite = next(item for item in items if item.id == "round/favourite.png")
+    assert favourite.path == str((folder / "round" / "circle-blue.png").resolve())
+    assert all(Path(item.path).is_relative_to(folder.resolve()) for item in items)
+
+
+def test_the_gallery_is_no_place_for_its_index(gallery_folder, model_and_processor, tmp_path):
+    import shutil
+
+    model, processor = model_and_processor
+    gallery = tmp_path / "photos"
+    shutil.copytree(gallery_folder, gallery)
+    items = list_image_folder(gallery)[0]
+    before = snapshot(gallery)
+    with pytest.raises(ValueError, match="would mix with the images"):  # known from the items' own paths
+        build_gallery_index(model, processor, items, gallery, show_progress=False)
+    with pytest.raises(ValueError, match="would mix with the images"):
+        build_gallery_index(model, processor, items, gallery / "index", source={"folder": str(gallery)},
+                            show_progress=False)
+    assert snapshot(gallery) == before

@@ -8,16 +8,13 @@ import faulthandler
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-
-from modeling_scot import ScotModel, compute_scot_loss  # noqa: E402
-from trainers.trainer import gathered_scot_loss  # noqa: E402
+from modeling_scot import ScotModel, compute_scot_loss
+from trainers.trainer import gathered_scot_loss  # the package is installed (pip install -e .), as for scot-train
 
 GLOBAL_BATCH = 8
 
@@ -44,7 +41,8 @@ def main():
     # single process, whole global batch
     reference = ScotModel.from_backbone(sys.argv[1], combiner_dropout=0.0).train()
     reference.load_state_dict(model.state_dict())
-    reference_loss = compute_scot_loss(reference.config, reference.compose(image, modification), modified, caption)
+    reference_composed = reference.get_composed_features(image, text_embeds=modification)
+    reference_loss = compute_scot_loss(reference.config, reference_composed, modified, caption)
     reference_loss.backward()
 
     # this process's share, DDP-wrapped, negatives gathered with gradient

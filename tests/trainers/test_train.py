@@ -1,5 +1,6 @@
-"""trainers/train.py end to end on a tiny CLIP and a 64-row triplet dataset: accelerate launch with a config file,
-exact resume, the embedding cache, bad data, and the 2-process gathered loss."""
+"""trainers/train.py end to end on a tiny CLIP and a 64-row triplet dataset: accelerate launch with a config file and
+flags, exact resume (explicit, and by rerunning the same command), the arguments, the embedding cache, bad data, and
+the 2-process gathered loss."""
 
 import json
 import os
@@ -17,7 +18,9 @@ from modeling_scot import ScotModel, ScotProcessor
 from tests.tiny_backbones import save_tiny_clip
 from tests.trainers.triplet_fixtures import draw, save_triplet_dataset, triplet_rows
 from trainers.embedding_cache import EmbeddingCache, TripletColumns
-from trainers.train import DataArguments, ModelArguments, ScotTrainingArguments, build_trainer, parse_args
+from trainers.train import build_trainer, main, parse_args
+from trainers.trainer import ScotTrainer
+from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +37,7 @@ def _env(root):
     return env
 
 
+@pytest.mark.slow
 def test_accelerate_launch_with_a_config_file(workspace, tmp_path):
     config = {
         "model_name_or_path": str(workspace["clip"]),
@@ -43,7 +47,7 @@ def test_accelerate_launch_with_a_config_file(workspace, tmp_path):
         "output_dir": str(tmp_path / "out"),
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 16,
-        "max_steps": 30,
+        "max_steps": 3,  # overridden by the flag after the file
         "learning_rate": 0.001,
         "logging_steps": 5,
         "eval_strategy": "steps",
@@ -53,9 +57,10 @@ def test_accelerate_launch_with_a_config_file(workspace, tmp_path):
     }
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
+    # the README's command: the script's path (the package is installed), a config file, then a flag overriding it
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
-               str(REPO / "trainers" / "train.py"), str(config_file)]
+               str(REPO / "trainers" / "train.py"), str(config_file), "--max_steps", "30"]
     result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -89,9 +94,10 @@ class _StopAt(TrainerCallback):
 
 def _arguments(workspace, output_dir, cache_dir, **training):
     model_args = ModelArguments(model_name_or_path=str(workspace["clip"]))
-    data_args = DataArguments(dataset_name=str(workspace["data"]), eval_fraction=0.0, embedding_cache_dir=str(cache_dir))
-    training_args = ScotTrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=16,
-                                          learning_rate=1e-3, save_steps=100, logging_steps=4, seed=3, **training)
+    data_args = DataArguments(eval_fraction=0.0, embedding_cache_dir=str(cache_dir))
+    training = {"per_device_train_batch_size": 8, "max_steps": 16, "learning_rate": 1e-3, "save_steps": 100,
+                "logging_steps": 4, "seed": 3, **training}
+    training_args = ScotTrainingArguments(output_dir=str(output_dir), dataset_name=str(workspace["data"]), **training)
     return model_args, data_args, training_args
 
 
@@ -101,7 +107,8 @@ def test_resume_continues_exactly(workspace, tmp_path):
     straight = build_trainer(*_arguments(workspace, tmp_path / "straight", tmp_path / "cache"))
     straight.train()
 
-    interrupted = build_trainer(*_arguments(workspace, tmp_path / "resumed", tmp_path / "cache"), callbacks=[_StopAt(8)])
+    interrupted = build_trainer(*_arguments(workspace, tmp_path / "resumed", tmp_path / "cache"),
+                                callbacks=[_StopAt(8)])
     interrupted.train()
     assert interrupted.state.global_step == 8 and (tmp_path / "resumed" / "checkpoint-8").is_dir()
 
@@ -110,10 +117,66 @@ def test_resume_continues_exactly(workspace, tmp_path):
     assert resumed.state.global_step == 16
 
     # tolerance: 1e-6 absolute on every Combiner weight (float32, same CPU kernels; observed equal)
-    for (name, a), (_, b) in zip(straight.model.combiner.state_dict().items(), resumed.model.combiner.state_dict().items()):
-        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)
+    _assert_same_combiner(resumed.model.combiner.state_dict(), straight.model.combiner.state_dict())
     untrained = build_trainer(*_arguments(workspace, tmp_path / "fresh", tmp_path / "cache")).model
     assert not torch.allclose(untrained.combiner.fusion[0].weight, straight.model.combiner.fusion[0].weight)
+
+
+def _assert_same_combiner(actual: dict, expected: dict) -> None:
+    # tolerance: 1e-6 absolute on every Combiner weight (float32, same CPU kernels; observed equal)
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def _saved_combiner(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {name: tensor for name, tensor in load_file(folder / "model.safetensors").items()
+            if name.startswith("combiner.")}
+
+
+def test_rerunning_the_same_command_resumes_from_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+    # Issue 12, item 7: rerunning `train.py CONFIG` after an interruption continues from the last checkpoint-* of
+    # output_dir (as the transformers example scripts do) and ends with the weights of an uninterrupted run;
+    # --overwrite_output_dir starts at step 0 again.
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_name_or_path: {workspace['clip']}\ndataset_name: {workspace['data']}\n"
+                      f"eval_fraction: 0.0\nembedding_cache_dir: {tmp_path / 'cache'}\n"
+                      f"output_dir: {tmp_path / 'out'}\n"
+                      "per_device_train_batch_size: 8\nmax_steps: 16\nlearning_rate: 0.001\nsave_steps: 8\n"
+                      "logging_steps: 4\nseed: 3\nreport_to: none\ndisable_tqdm: true\n")
+    steps, kill_at = [], {"step": None}
+    training_step = ScotTrainer.training_step
+
+    def counted_training_step(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        if self.state.global_step == kill_at["step"]:
+            raise KeyboardInterrupt("killed")  # the process dies after checkpoint-8 was written
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ScotTrainer, "training_step", counted_training_step)
+
+    main([str(config), "--output_dir", str(tmp_path / "straight")])
+    assert len(steps) == 16
+    straight = _saved_combiner(tmp_path / "straight")
+
+    kill_at["step"] = 8
+    with pytest.raises(KeyboardInterrupt):
+        main([str(config)])
+    assert (tmp_path / "out" / "checkpoint-8").is_dir() and not (tmp_path / "out" / "model.safetensors").exists()
+
+    steps.clear()
+    kill_at["step"] = None
+    main([str(config)])  # the same command again
+    assert steps == list(range(8, 16)), steps  # only the steps after checkpoint-8
+    _assert_same_combiner(_saved_combiner(tmp_path / "out"), straight)
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 16
+
+    steps.clear()
+    main([str(config), "--overwrite_output_dir"])
+    assert steps == list(range(16))  # from step 0, although checkpoint-16 is there
+    _assert_same_combiner(_saved_combiner(tmp_path / "out"), straight)
 
 
 def test_yaml_and_flags_parse_to_the_same_arguments(tmp_path):
@@ -124,7 +187,91 @@ def test_yaml_and_flags_parse_to_the_same_arguments(tmp_path):
                              "--alpha_pos", "5.0", "--per_device_train_batch_size", "1024"])
     assert from_yaml[0] == from_flags[0] and from_yaml[1] == from_flags[1]
     assert from_yaml[2].learning_rate == 1e-4 and from_yaml[2].optim == "adamw_torch"  # the paper's defaults
-    assert from_yaml[2].per_device_train_batch_size == 1024
+    assert from_yaml[2].per_device_train_batch_size == 1024 and from_yaml[2].dataset_name == "d"
+
+
+def test_a_config_file_then_flags_that_override_it(tmp_path):
+    # Issue 12, item 7: the README's `train.py CONFIG --resume_from_checkpoint OUT/checkpoint-500`
+    (tmp_path / "run.yaml").write_text("model_name_or_path: m\ndataset_name: d\noutput_dir: o\nalpha_pos: 5.0\n"
+                                       "max_steps: 10\nuse_embedding_cache: true\n")
+    model_args, data_args, training_args = parse_args([
+        str(tmp_path / "run.yaml"), "--resume_from_checkpoint", "o/checkpoint-5", "--alpha_pos", "3",
+        "--no_use_embedding_cache"])
+    assert training_args.resume_from_checkpoint == "o/checkpoint-5"
+    assert model_args.alpha_pos == 3.0 and not data_args.use_embedding_cache  # the flags win
+    assert model_args.model_name_or_path == "m" and training_args.max_steps == 10  # the rest is the file's
+    assert training_args.output_dir == "o" and training_args.dataset_name == "d"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("model_name_or_path: m\n  bad: [indent\n", "not valid YAML"),
+    ("", "holds no settings"),
+    ("- a list\n", "holds no settings"),
+    ("model_name_or_path: m\nmax_steps: two\n", r"sets max_steps: 'two', which is not a valid int"),
+    ("model_name_or_path: m\nlearning_rat: 0.1\n", r"sets \['learning_rat'\], which are not arguments"),
+])
+def test_a_bad_config_file_is_refused_with_its_name(tmp_path, text, message):
+    config = tmp_path / "broken.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        parse_args([str(config), "--output_dir", "o"])
+    assert str(config) in str(error.value)
+
+
+def test_model_arguments_are_scot_config_fields_with_its_defaults():
+    import dataclasses
+    import inspect
+
+    from modeling_scot import ScotConfig
+
+    fields = {field.name: field for field in dataclasses.fields(ModelArguments)}
+    settings = set(inspect.get_annotations(ScotConfig)) - {"encoder_config"}
+    assert set(fields) == {"model_name_or_path"} | settings
+    for name in settings:
+        assert fields[name].default is None  # None: ScotConfig's default (or the saved model's value)
+        default = next(field.default for field in dataclasses.fields(ScotConfig) if field.name == name)
+        if default is not None:
+            assert f"ScotConfig default: {default!r}." in fields[name].metadata["help"], name
+    assert "4 x `embed_dim`" in fields["combiner_projection_dim"].metadata["help"]  # the docstring's words
+    assert "Eq. 9" in fields["alpha_pos"].metadata["help"]
+
+
+def test_cir_benchmark_arguments_are_checked_up_front(tmp_path):
+    with pytest.raises(ValueError, match="cir_benchmark needs cir_data_dir"):
+        ScotTrainingArguments(output_dir=str(tmp_path), cir_benchmark="cirr")
+    with pytest.raises(ValueError, match="cir_benchmark must be one of fashioniq, cirr, circo, got 'cir'"):
+        ScotTrainingArguments(output_dir=str(tmp_path), cir_benchmark="cir", cir_data_dir=str(tmp_path))
+
+
+def test_plain_training_arguments_are_converted(workspace, tmp_path):
+    from transformers import TrainingArguments
+
+    model = ScotModel.from_backbone(workspace["clip"])
+    trainer = ScotTrainer(model, TrainingArguments(output_dir=str(tmp_path), learning_rate=0.5, report_to="none"))
+    assert isinstance(trainer.args, ScotTrainingArguments)
+    assert trainer.args.learning_rate == 0.5 and trainer.args.output_dir == str(tmp_path)
+    assert trainer.args.cir_benchmark is None and trainer.cir_benchmark_settings is None
+
+
+def test_a_saved_scot_model_continues_with_new_loss_settings_only(workspace, scot_folder, tmp_path):
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache")
+    model_args = ModelArguments(model_name_or_path=str(scot_folder), alpha_pos=3.0)
+    trainer = build_trainer(model_args, data_args, training_args)
+    assert trainer.model.config.alpha_pos == 3.0 and trainer.model.config.alpha_neg == 0.1
+    with pytest.raises(ValueError, match=r"trained SCOT model: its architecture \(\['combiner_dropout'\]\)"):
+        build_trainer(ModelArguments(model_name_or_path=str(scot_folder), combiner_dropout=0.1), data_args,
+                      training_args)
+
+
+@pytest.mark.slow
+def test_scot_train_console_script_help_names_scot_config_defaults(tmp_path):
+    script = Path(sys.executable).with_name("scot-train")
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    help_text = " ".join(result.stdout.split())
+    assert "--alpha_pos" in help_text and "ScotConfig default: 10.0." in help_text
+    assert "--overwrite_output_dir" in help_text and "--cir_benchmark" in help_text
 
 
 def test_shipped_configs_parse_with_the_papers_settings():
@@ -153,7 +300,8 @@ def test_cache_encodes_each_distinct_item_once_and_is_reused(workspace, tmp_path
     item = cache.as_dataset()[5]
     with torch.no_grad():
         expected_image = model.get_image_features(**processor(images=[rows[5]["image"]], return_tensors="pt"))[0]
-        expected_target = model.get_text_features(**processor(text=[rows[5]["modified_caption"]], return_tensors="pt"))[0]
+        target_tokens = processor(text=[rows[5]["modified_caption"]], return_tensors="pt")
+        expected_target = model.get_text_features(**target_tokens)[0]
     torch.testing.assert_close(item["image_embeds"], expected_image, atol=1e-5, rtol=0)
     torch.testing.assert_close(item["modified_caption_embeds"], expected_target, atol=1e-5, rtol=0)
 
@@ -163,7 +311,8 @@ def test_cache_encodes_each_distinct_item_once_and_is_reused(workspace, tmp_path
     again = EmbeddingCache.build_or_load(model, processor, dataset, cache_dir=tmp_path, show_progress=False)
     assert again.folder == cache.folder and not calls
     other = ScotModel.from_backbone(save_tiny_clip(tmp_path / "other_clip", seed=1))
-    assert EmbeddingCache.build_or_load(other, processor, dataset, cache_dir=tmp_path, show_progress=False).folder != cache.folder
+    other_cache = EmbeddingCache.build_or_load(other, processor, dataset, cache_dir=tmp_path, show_progress=False)
+    assert other_cache.folder != cache.folder
 
 
 def test_interrupted_cache_resumes_from_its_chunks(workspace, tmp_path):
@@ -193,8 +342,8 @@ def test_interrupted_cache_resumes_from_its_chunks(workspace, tmp_path):
 def test_bad_rows_are_skipped_and_counted(workspace, tmp_path):
     import io
 
-    from datasets import Dataset, Features, Image as ImageFeature, Value
-
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     rows = []
     for row in triplet_rows()[:8]:
@@ -220,11 +369,10 @@ def test_missing_column_error_lists_expected_and_found(workspace, tmp_path):
     dataset = load_dataset(str(workspace["data"]), split="train").rename_column("modification", "edit")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['modification'\].*found \[.*'edit'"):
         TripletColumns().check(dataset)
-    data_args = DataArguments(dataset_name=str(workspace["data"]), modified_caption_column="target_caption",
-                              embedding_cache_dir=str(tmp_path))
+    data_args = DataArguments(modified_caption_column="target_caption", embedding_cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="target_caption"):
         build_trainer(ModelArguments(model_name_or_path=str(workspace["clip"])), data_args,
-                      ScotTrainingArguments(output_dir=str(tmp_path / "out")))
+                      ScotTrainingArguments(output_dir=str(tmp_path / "out"), dataset_name=str(workspace["data"])))
 
 
 def test_training_without_the_cache_reencodes_raw_batches(workspace, tmp_path):
@@ -246,9 +394,11 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gathered_loss_equals_single_process(workspace, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(REPO / "tests" / "trainers" / "distributed_loss_check.py"), str(workspace["clip"])]
+               str(_free_port()), str(REPO / "tests" / "trainers" / "distributed_loss_check.py"),
+               str(workspace["clip"])]
     result = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
@@ -258,13 +408,11 @@ def test_two_process_gathered_loss_equals_single_process(workspace, tmp_path):
     assert report["max_grad_difference"] <= 1e-5 * max(1.0, report["max_grad"])
 
 
-def test_cir_benchmark_is_evaluated_during_training(workspace, tmp_path):
-    from tests.trainers.cir_fixtures import build_cirr
-
-    model_args, data_args, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache")
+def test_cir_benchmark_is_evaluated_during_training(workspace, tmp_path, cir_data):
+    cirr = str(cir_data["cirr"])
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=4,
+                                                      cir_benchmark="cirr", cir_data_dir=cirr)
     data_args.eval_fraction = 0.25
-    data_args.cir_benchmark, data_args.cir_data_dir = "cirr", str(build_cirr(tmp_path / "cirr"))
-    training_args.max_steps = 4
     trainer = build_trainer(model_args, data_args, training_args)
     trainer.train()
     first = trainer.evaluate()

@@ -39,7 +39,8 @@ def triplet_rows():
 
 
 def save_triplet_dataset(folder, rows=None):
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     rows = triplet_rows() if rows is None else rows
     features = Features({"image": ImageFeature(), "caption": Value("string"), "modification": Value("string"),

@@ -29,7 +29,8 @@ def _as_scores(scores) -> torch.Tensor:
             f"scores must be a numpy array or torch tensor of shape [queries, gallery], got {type(scores).__name__}."
         )
     if scores.ndim != 2 or scores.shape[1] == 0:
-        raise ValueError(f"scores must have shape [queries, gallery] with a non-empty gallery, got {tuple(scores.shape)}.")
+        raise ValueError("scores must have shape [queries, gallery] with a "
+                         f"non-empty gallery, got {tuple(scores.shape)}.")
     scores = scores.detach()
     if not scores.is_floating_point():
         scores = scores.double()
@@ -54,7 +55,8 @@ def _count_per_row(block: torch.Tensor, compare, values: torch.Tensor) -> torch.
 def _as_indices(values, name: str, num_queries: int, gallery_size: int, device) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
     if tensor.ndim != 1 or tensor.shape[0] != num_queries:
-        raise ValueError(f"{name} must hold one gallery index per query ({num_queries}), got shape {tuple(tensor.shape)}.")
+        raise ValueError(f"{name} must hold one gallery index per query "
+                         f"({num_queries}), got shape {tuple(tensor.shape)}.")
     if tensor.is_floating_point() or tensor.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer gallery indices, got dtype {tensor.dtype}.")
     tensor = tensor.long()
@@ -72,7 +74,8 @@ def _index_lists(values, name: str, num_queries: int, gallery_size: int) -> list
         row = [int(index) for index in row]
         for index in row:
             if not 0 <= index < gallery_size:
-                raise ValueError(f"{name}[{position}] contains {index}, not a gallery index (gallery size {gallery_size}).")
+                raise ValueError(f"{name}[{position}] contains {index}, not a gallery "
+                                 f"index (gallery size {gallery_size}).")
         lists.append(list(dict.fromkeys(row)))  # a set, in the given order
     return lists
 
@@ -131,7 +134,8 @@ def target_ranks(scores, target_index, exclude_index=None, block_size: int | Non
         exclude_index = _as_indices(exclude_index, "exclude_index", num_queries, gallery_size, scores.device)
         same = (exclude_index == target_index).nonzero()
         if len(same):
-            raise ValueError(f"query {int(same[0])}: the target is the excluded (reference) image, so it cannot be ranked.")
+            raise ValueError(f"query {int(same[0])}: the target is the excluded "
+                             "(reference) image, so it cannot be ranked.")
     ranks = torch.empty(num_queries, dtype=torch.long, device=scores.device)
     for start, stop in _query_blocks(num_queries, gallery_size, block_size):
         ranks[start:stop] = _ranks_in_block(scores[start:stop], target_index[start:stop])
@@ -214,7 +218,8 @@ def cirr_recall_subset(
     for position, (row, target) in enumerate(zip(members, targets)):
         if target not in row:
             raise ValueError(
-                f"query {position}: target index {target} is not among its subset members other than the reference {row}."
+                f"query {position}: target index {target} is not among its "
+                f"subset members other than the reference {row}."
             )
     padded = _pad(members, scores.device)
     valid = padded >= 0
@@ -239,7 +244,8 @@ def topk_indices(scores, k: int, exclude_index=None, block_size: int | None = No
         exclude_index = _as_indices(exclude_index, "exclude_index", num_queries, gallery_size, scores.device)
     k = min(int(k), gallery_size - (exclude_index is not None))
     if k < 1:
-        raise ValueError(f"k must be at least 1 and the gallery must have an item to return (gallery size {gallery_size}).")
+        raise ValueError("k must be at least 1 and the gallery must have an item "
+                         f"to return (gallery size {gallery_size}).")
     result = torch.empty(num_queries, k, dtype=torch.long)
     for start, stop in _query_blocks(num_queries, gallery_size, block_size):
         block = _exclude(scores[start:stop], exclude_index, start, stop)
@@ -288,7 +294,8 @@ def circo_map_at_k(
 
     Args:
         scores: `[queries, gallery]` similarities.
-        ground_truth_indices: per query, a non-empty list of gallery indices of its ground truths (duplicates count once).
+        ground_truth_indices: per query, a non-empty list of gallery indices of its ground truths (duplicates
+            count once).
     """
     scores = _as_scores(scores)
     num_queries, gallery_size = scores.shape
@@ -296,7 +303,8 @@ def circo_map_at_k(
     ground_truths = _index_lists(ground_truth_indices, "ground_truth_indices", num_queries, gallery_size)
     empty = [position for position, row in enumerate(ground_truths) if not row]
     if empty:
-        raise ValueError(f"ground_truth_indices[{empty[0]}] is empty: every CIRCO query needs at least one ground truth.")
+        raise ValueError(f"ground_truth_indices[{empty[0]}] is empty: every CIRCO "
+                         "query needs at least one ground truth.")
     if num_queries == 0:
         raise ValueError("no queries to evaluate: scores has 0 rows.")
     depth = min(max(ks), gallery_size)

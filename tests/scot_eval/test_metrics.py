@@ -1,10 +1,10 @@
-"""trainers.metrics on hand-computed rankings: ties, reference exclusion, subsets, several ground truths."""
+"""scot_eval.metrics on hand-computed rankings: ties, reference exclusion, subsets, several ground truths."""
 
 import numpy as np
 import pytest
 import torch
 
-from trainers.metrics import (
+from scot_eval.metrics import (
     circo_map_at_k,
     cirr_recall,
     cirr_recall_subset,
@@ -103,7 +103,8 @@ def test_circo_map_denominator_is_min_of_ground_truths_and_k():
     assert circo_map_at_k(scores, [[0, 1, 2, 3, 4]], ks=(2, 5, 6)) == pytest.approx(
         {"mAP@2": 100.0, "mAP@5": 100.0, "mAP@6": 100.0})
     # one ground truth ranked 2nd: AP@k = 1/2 for every k >= 2; a duplicate in the list counts once
-    assert circo_map_at_k(scores, [[1, 1]], ks=(1, 2, 50)) == pytest.approx({"mAP@1": 0.0, "mAP@2": 50.0, "mAP@50": 50.0})
+    assert circo_map_at_k(scores, [[1, 1]], ks=(1, 2, 50)) == pytest.approx(
+        {"mAP@1": 0.0, "mAP@2": 50.0, "mAP@50": 50.0})
 
 
 def test_circo_map_rejects_an_empty_ground_truth_set():

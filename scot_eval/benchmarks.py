@@ -136,7 +136,8 @@ def load_fashioniq(data_dir, split: str = "val", categories=FASHIONIQ_CATEGORIES
     tasks = []
     for category in categories:
         if category not in FASHIONIQ_CATEGORIES:
-            raise ValueError(f"Unknown FashionIQ category {category!r}: choose from {', '.join(FASHIONIQ_CATEGORIES)}.")
+            raise ValueError(f"Unknown FashionIQ category {category!r}: choose from "
+                             f"{', '.join(FASHIONIQ_CATEGORIES)}.")
         split_path = data_dir / "image_splits" / f"split.{category}.{split}.json"
         gallery_ids = _read_json(split_path, list, f"FashionIQ {category} image split (a list of image ids)")
         for position, image_id in enumerate(gallery_ids):
@@ -185,7 +186,8 @@ def load_cirr(data_dir, split: str = "val") -> list[RetrievalTask]:
     name_to_relpath = _read_json(split_path, dict, "CIRR image split (image name -> relative path)")
     for name, relpath in name_to_relpath.items():
         if not isinstance(relpath, str) or not relpath:
-            raise ValueError(f"{split_path}: {name!r} maps to {relpath!r}, expected a relative path like './dev/x.png'.")
+            raise ValueError(f"{split_path}: {name!r} maps to {relpath!r}, expected "
+                             "a relative path like './dev/x.png'.")
     # The split files point into dev/, test1/, train/ beside the cirr/ folder; a data_dir that *is* cirr/ has them
     # one level up.
     first = next(iter(name_to_relpath.values()), None)
@@ -201,7 +203,8 @@ def load_cirr(data_dir, split: str = "val") -> list[RetrievalTask]:
         image_set = _field(entry, "img_set", dict, caption_path, position, 'an object {"id", "members": [...]}')
         members = image_set.get("members")
         if not isinstance(members, list) or not all(isinstance(member, str) for member in members):
-            raise ValueError(f"{caption_path}: entry {position} has img_set.members={members!r}, expected image names.")
+            raise ValueError(f"{caption_path}: entry {position} has "
+                             f"img_set.members={members!r}, expected image names.")
         target = entry.get("target_hard")
         if split != "test1":
             target = _field(entry, "target_hard", str, caption_path, position, "the target image name")
@@ -210,7 +213,8 @@ def load_cirr(data_dir, split: str = "val") -> list[RetrievalTask]:
     for query in queries:
         for name in (query.reference, query.target, *query.subset):
             if name is not None and name not in image_paths:
-                raise ValueError(f"{caption_path}: query {query.query_id} names image {name!r}, which {split_path} lacks.")
+                raise ValueError(f"{caption_path}: query {query.query_id} names image "
+                                 f"{name!r}, which {split_path} lacks.")
     return [RetrievalTask(
         benchmark="cirr", split=split, name="cirr", gallery=dict(image_paths), queries=queries,
         image_paths=image_paths, missing_images=[name for name, path in image_paths.items() if not path.is_file()],
@@ -262,7 +266,8 @@ def load_circo(data_dir, split: str = "val") -> list[RetrievalTask]:
             ids = _field(entry, "gt_img_ids", list, annotation_path, position, "a non-empty list of COCO image ids")
             if not ids or not all(isinstance(image_id, int) and not isinstance(image_id, bool) for image_id in ids):
                 raise ValueError(
-                    f"{annotation_path}: entry {position} has gt_img_ids={ids!r}, expected a non-empty list of COCO image ids."
+                    f"{annotation_path}: entry {position} has gt_img_ids={ids!r}, "
+                    "expected a non-empty list of COCO image ids."
                 )
             ground_truth = tuple(str(image_id) for image_id in ids)
         queries.append(CIRQuery(str(query_id), str(reference), (caption,), target=target, ground_truth=ground_truth))
@@ -293,18 +298,14 @@ def load_benchmark(benchmark: str, data_dir, split: str = "val") -> list[Retriev
 
 
 def unreadable_images(paths, show_progress: bool = True) -> list[Path]:
-    """The image files among `paths` that PIL cannot decode (truncated downloads, HTML error pages, ...)."""
-    from PIL import Image
+    """The image files among `paths` that the evaluation's image decoder cannot read (truncated downloads, HTML
+    error pages, decompression bombs, ...): the check and the evaluation agree on what is skipped."""
     from tqdm.auto import tqdm
 
-    bad = []
-    for path in tqdm(list(paths), desc="reading images", unit="img", disable=not show_progress):
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception:  # noqa: BLE001 - PIL raises many types for broken files; all mean "unreadable"
-            bad.append(path)
-    return bad
+    from scot_core import try_load_image
+
+    return [path for path in tqdm(list(paths), desc="reading images", unit="img", disable=not show_progress)
+            if try_load_image(path) is None]
 
 
 def affected_queries(task: RetrievalTask, unusable: set[str]) -> int:
@@ -313,7 +314,8 @@ def affected_queries(task: RetrievalTask, unusable: set[str]) -> int:
                for query in task.queries)
 
 
-def check_benchmark(benchmark: str, data_dir, splits=None, read_images: bool = True, show_progress: bool = True) -> dict:
+def check_benchmark(benchmark: str, data_dir, splits=None, read_images: bool = True,
+                    show_progress: bool = True) -> dict:
     """Verify a benchmark folder: JSON files and their schema, missing and unreadable images. Returns counts per task.
 
     Splits whose files are absent are reported as such (a folder rarely holds every split); a schema error raises.

@@ -1,0 +1,89 @@
+"""Query composition and scoring: a method turns a query's reference image and modification into one embedding,
+ranked by cosine against the gallery's image embeddings.
+
+Methods: `scot` = the model's composed query (`model.get_composed_features`); `image` = the reference image
+embedding; `text` = the modification text embedding; `sum` = normalize(image + text). The last three are the
+baselines on the same encoder that the papers report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from scot_core import eval_mode
+from scot_core.encoding import model_device_dtype
+
+METHODS = ("scot", "image", "text", "sum")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+
+
+def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str] | None,
+                      processor, batch_size: int) -> torch.Tensor:
+    """`model.get_composed_features` in batches: from the cached text embeddings where the composer accepts them,
+    else from the modification's tokens (a composer that reads the text itself)."""
+    if not model.composer_accepts_text_embeds and (texts is None or processor is None):
+        raise ValueError(f"{type(model).__name__}'s composer reads the modification's tokens: pass the query texts "
+                         "and the processor (evaluate_prepared(..., processor=processor)).")
+    device, dtype = model_device_dtype(model)
+    batches = []
+    with eval_mode(model):
+        for start in range(0, len(image_embeds), batch_size):
+            stop = start + batch_size
+            images = image_embeds[start:stop].to(device=device, dtype=dtype)
+            if model.composer_accepts_text_embeds:
+                composed = model.get_composed_features(
+                    image_embeds=images, text_embeds=text_embeds[start:stop].to(device=device, dtype=dtype))
+            else:
+                tokens = processor(text=list(texts[start:stop]), return_tensors="pt")
+                composed = model.get_composed_features(
+                    image_embeds=images, **{name: tensor.to(device) for name, tensor in tokens.items()
+                                            if name in ("input_ids", "attention_mask", "token_type_ids")})
+            batches.append(composed.float().cpu())
+    return torch.cat(batches) if batches else torch.zeros(0, image_embeds.shape[-1])
+
+
+@torch.inference_mode()
+def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.Tensor, method: str,
+                     batch_size: int = 1024, *, query_texts: Sequence[Sequence[str]] | None = None,
+                     processor=None) -> torch.Tensor:
+    """`[Q, D]` float32 query embeddings from `[Q, D]` reference image and `[Q, T, D]` text embeddings.
+
+    With T > 1 (several phrasings of one query) the T normalised queries are averaged and normalised again.
+    `query_texts` (Q lists of T texts) and `processor` are needed only by a composer that reads tokens
+    (`model.composer_accepts_text_embeds` False)."""
+    check_method(method)
+    if text_embeds.ndim == 2:
+        text_embeds = text_embeds[:, None]
+    num_queries, num_phrasings, _ = text_embeds.shape
+    if method == "image":
+        return F.normalize(reference_embeds.float(), dim=-1)
+    if method == "text":
+        return F.normalize(F.normalize(text_embeds.float(), dim=-1).sum(dim=1), dim=-1)
+    images = reference_embeds[:, None].expand(-1, num_phrasings, -1).reshape(num_queries * num_phrasings, -1)
+    texts = text_embeds.reshape(num_queries * num_phrasings, -1)
+    if method == "sum":
+        queries = F.normalize(images.float() + texts.float(), dim=-1)
+    else:
+        flat_texts = None
+        if query_texts:
+            flat_texts = [text for phrasings in query_texts for text in phrasings]
+            if len(flat_texts) != num_queries * num_phrasings:
+                raise ValueError(f"query_texts must hold {num_phrasings} phrasing(s) for each of the {num_queries} "
+                                 f"queries, like text_embeds; got {len(flat_texts)} texts.")
+        queries = _composed_queries(model, images, texts, flat_texts, processor, batch_size)
+    return F.normalize(queries.reshape(num_queries, num_phrasings, -1).sum(dim=1), dim=-1)
+
+
+def similarity_scores(queries: torch.Tensor, gallery: torch.Tensor, device=None) -> torch.Tensor:
+    """`[Q, G]` cosine similarities of normalised queries and gallery embeddings, in float32 on `device`."""
+    return queries.to(device, torch.float32) @ gallery.to(device, torch.float32).T
+
+
+__all__ = ["METHODS", "check_method", "query_embeddings", "similarity_scores"]

@@ -1,0 +1,75 @@
+"""Query composition per method, through the model's one composed-query entry point."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scot_core import load_scot_or_backbone
+from scot_eval.ranking import query_embeddings, similarity_scores
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(scot_folder):
+    model, processor, trained = load_scot_or_backbone(scot_folder, device="cpu")
+    assert trained
+    return model, processor
+
+
+def _inputs(model, phrasings: int = 2):
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(5, model.config.embed_dim, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(5, phrasings, model.config.embed_dim, generator=generator), dim=-1)
+    return images, texts
+
+
+def test_query_embeddings_per_method(model_and_processor):
+    model, _ = model_and_processor
+    images, texts = _inputs(model)
+    first = texts[:, 0]
+    assert torch.allclose(query_embeddings(model, images, first, "image"), images)
+    assert torch.allclose(query_embeddings(model, images, first, "text"), first)
+    assert torch.allclose(query_embeddings(model, images, first, "sum"), F.normalize(images + first, dim=-1))
+    with torch.no_grad():
+        composed = [model.get_composed_features(image_embeds=images, text_embeds=texts[:, order]) for order in (0, 1)]
+    assert torch.allclose(query_embeddings(model, images, first, "scot"), composed[0], atol=1e-6)
+    # two phrasings (SEARLE's both orders): the mean of the two normalised queries, normalised
+    assert torch.allclose(query_embeddings(model, images, texts, "scot"),
+                          F.normalize(composed[0] + composed[1], dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown method 'concat'"):
+        query_embeddings(model, images, first, "concat")
+
+
+def test_scot_queries_come_from_get_composed_features_not_compose(model_and_processor, monkeypatch):
+    model, _ = model_and_processor
+    images, texts = _inputs(model, phrasings=1)
+    expected = query_embeddings(model, images, texts, "scot")
+
+    def compose(*args, **kwargs):
+        raise AssertionError("callers must ask get_composed_features for composed queries")
+
+    monkeypatch.setattr(model, "compose", compose)
+    assert torch.equal(query_embeddings(model, images, texts, "scot"), expected)
+
+
+def test_a_composer_that_reads_tokens_gets_the_query_texts(model_and_processor, monkeypatch):
+    model, processor = model_and_processor
+    query_texts = [["is red"], ["has long sleeves and a collar"], ["darker"], ["with a cat print"], ["no logo"]]
+    images, _ = _inputs(model)
+    with torch.no_grad():
+        text_embeds = model.get_text_features(**processor(text=[texts[0] for texts in query_texts],
+                                                          return_tensors="pt"))[:, None]
+    from_embeddings = query_embeddings(model, images, text_embeds, "scot")
+    # a composer that needs the modification's tokens (as a pseudo-word composer will) refuses cached embeddings
+    monkeypatch.setattr(model, "composer_accepts_text_embeds", False)
+    with pytest.raises(ValueError, match="reads the modification's tokens: pass the query texts and the processor"):
+        query_embeddings(model, images, text_embeds, "scot")
+    from_tokens = query_embeddings(model, images, text_embeds, "scot", query_texts=query_texts, processor=processor)
+    assert torch.allclose(from_tokens, from_embeddings, atol=1e-5)
+
+
+def test_similarity_scores_are_float32_cosines():
+    queries = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
+    gallery = F.normalize(torch.randn(4, 8), dim=-1)
+    scores = similarity_scores(queries, gallery)
+    assert scores.dtype == torch.float32 and scores.shape == (3, 4)
+    assert torch.allclose(scores, F.cosine_similarity(queries.float()[:, None], gallery[None], dim=-1), atol=1e-6)

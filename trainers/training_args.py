@@ -1,0 +1,120 @@
+"""The arguments of a SCOT training run: `HfArgumentParser` dataclasses, one module (as TRL's `sft_config.py`).
+
+- `ModelArguments`: the model to start from, plus every `ScotConfig` setting a run may choose. Its fields are made
+  from `ScotConfig`'s own fields, so their defaults and meaning are stated once, in `ScotConfig`.
+- `DataArguments`: how the triplet dataset is read: config, splits, held-out slice, columns, the embedding cache.
+- `ScotTrainingArguments`: `TrainingArguments` with the paper's optimisation defaults and what `ScotTrainer` reads
+  from its arguments: the dataset's name (for the model card) and the CIR benchmark evaluated during training.
+"""
+
+import dataclasses
+import inspect
+import re
+import typing
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from modeling_scot import ScotConfig
+
+__all__ = ["DataArguments", "ModelArguments", "ScotTrainingArguments"]
+
+# ScotConfig fields a training run does not choose: the encoder's config comes from `model_name_or_path`.
+_NOT_RUN_SETTINGS = ("encoder_config",)
+
+
+def _documented_arguments(config_class: type) -> dict[str, str]:
+    """`{name: description}` from the `Args:` block of a transformers-style config docstring."""
+    docstring = inspect.getdoc(config_class) or ""
+    block = docstring.partition("\nArgs:\n")[2]
+    descriptions: dict[str, list[str]] = {}
+    name = None
+    for line in block.splitlines():
+        entry = re.match(r"^    (\w+) \(.*\):$", line)
+        if entry:
+            name = entry.group(1)
+            descriptions[name] = []
+        elif line.startswith("        ") and name is not None:
+            descriptions[name].append(line.strip())
+        elif line.strip():  # the next section ("Example:") ends the block
+            break
+    return {name: " ".join(lines) for name, lines in descriptions.items()}
+
+
+def _model_arguments_class() -> type:
+    """`ModelArguments`: `model_name_or_path`, then one optional field per `ScotConfig` setting (None = keep
+    ScotConfig's default, or the saved model's value), typed as in ScotConfig, its help text the ScotConfig
+    docstring's and its default read from ScotConfig's signature."""
+    descriptions = _documented_arguments(ScotConfig)
+    own_fields = inspect.get_annotations(ScotConfig, eval_str=True)  # ScotConfig's fields, not PreTrainedConfig's
+    fields = [("model_name_or_path", str, field(metadata={
+        "help": "A backbone to wrap (CLIP, BLIP-2 retrieval, VisionTextDualEncoder: folder or hub id) or a saved SCOT "
+                "model to continue from (folder or hub id)."}))]
+    for config_field in dataclasses.fields(ScotConfig):
+        if config_field.name not in own_fields or config_field.name in _NOT_RUN_SETTINGS:
+            continue
+        annotation = own_fields[config_field.name]
+        value_type = next(t for t in typing.get_args(annotation) or (annotation,) if t is not type(None))
+        help_text = descriptions.get(config_field.name, "")
+        if config_field.default is not None:
+            help_text += f" ScotConfig default: {config_field.default!r}."
+        fields.append((config_field.name, value_type | None, field(default=None, metadata={"help": help_text})))
+    names = ", ".join(f"`{name}`" for name, _, _ in fields[1:])
+    docstring = (f"The model a run starts from and the `ScotConfig` settings it may set: {names}. None keeps "
+                 "ScotConfig's default for a new model, the saved value for a SCOT model; a saved SCOT model can "
+                 "change only its loss settings (`scot_core.loading.ARCHITECTURE_FIELDS` are fixed).")
+    namespace = {"__module__": __name__, "__doc__": docstring}
+    return dataclasses.make_dataclass("ModelArguments", fields, namespace=namespace)
+
+
+ModelArguments = _model_arguments_class()
+
+
+@dataclass
+class DataArguments:
+    """How the triplet dataset (`ScotTrainingArguments.dataset_name`) is read and fed to the trainer."""
+
+    dataset_config_name: str | None = field(default=None, metadata={"help": "load_dataset config name."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default=None, metadata={"help": "Held-out split; else eval_fraction of train."})
+    eval_fraction: float = field(default=0.05, metadata={"help": "Held-out slice of the train split (0 = none)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    image_column: str = field(default="image")
+    caption_column: str = field(default="caption")
+    modification_column: str = field(default="modification")
+    modified_caption_column: str = field(default="modified_caption")
+    use_embedding_cache: bool = field(default=True, metadata={"help": "Encode once and train on cached vectors."})
+    embedding_cache_dir: str = field(default="~/.cache/scot/embeddings", metadata={"help": "Where the cache lives."})
+    encode_batch_size: int = field(default=64, metadata={"help": "Batch size when building the cache."})
+
+
+@dataclass
+class ScotTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's optimisation defaults (AdamW, lr 1e-4) and what `ScotTrainer` reads:
+    the triplet dataset's name, the CIR benchmark it evaluates during training, and whether a rerun resumes."""
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-4)."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (paper: AdamW)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept: SCOT batches are not model kwargs."})
+    # transformers 5 dropped this flag; train.py keeps its meaning from the transformers example scripts
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start at step 0 even when output_dir holds checkpoints (a rerun otherwise resumes from the last "
+                "one). Nothing is deleted: files are overwritten as the new run writes them."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "The triplet dataset: anything load_dataset reads (a local folder or a hub id) with the columns "
+                "image, caption, modification, modified_caption. Named in the model card."})
+    cir_benchmark: str | None = field(default=None, metadata={
+        "help": "Also evaluate on this CIR benchmark at every evaluation: fashioniq | cirr | circo."})
+    cir_data_dir: str | None = field(default=None, metadata={"help": "The benchmark's folder (official layout)."})
+    cir_split: str = field(default="val", metadata={"help": "The benchmark split evaluated during training."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cir_benchmark is None:
+            return
+        from scot_eval.benchmarks import BENCHMARKS
+
+        if self.cir_benchmark not in BENCHMARKS:
+            raise ValueError(f"cir_benchmark must be one of {', '.join(BENCHMARKS)}, got {self.cir_benchmark!r}.")
+        if not self.cir_data_dir:
+            raise ValueError("cir_benchmark needs cir_data_dir: the benchmark's folder in its official layout.")
