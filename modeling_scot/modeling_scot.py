@@ -472,6 +472,21 @@ class ScotModel(ScotPreTrainedModel):
         composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
 
+    def _query_inputs(self, image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids,
+                      **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference image and modification text embeddings of a query: given, or encoded from pixels / tokens."""
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("A composed query needs the reference images: pass pixel_values or image_embeds.")
+            image_embeds = self.get_image_features(pixel_values=pixel_values, **kwargs)
+        if text_embeds is None:
+            if input_ids is None:
+                raise ValueError("A composed query needs the modification texts: pass input_ids or text_embeds.")
+            text_embeds = self.get_text_features(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+        return image_embeds, text_embeds
+
     # The Combiner composes *embeddings*: a precomputed (cached) text embedding of the modification is as good an
     # input as its tokens. A composer that reads the tokens themselves (pseudo-word tokens injected into the text
     # encoder) sets this to False, and callers then pass `input_ids` instead of cached `text_embeds`.
@@ -507,19 +522,12 @@ class ScotModel(ScotPreTrainedModel):
         Returns:
             L2-normalised `[batch, embed_dim]` composed embeddings (and λ when asked).
         """
-        if image_embeds is None:
-            if pixel_values is None:
-                raise ValueError("A composed query needs the reference images: pass pixel_values or image_embeds.")
-            image_embeds = self.get_image_features(pixel_values=pixel_values, **kwargs)
         if text_embeds is not None and not self.composer_accepts_text_embeds:
             raise ValueError(f"{type(self).__name__}'s composer reads the modification's tokens: pass input_ids and "
                              "attention_mask, not text_embeds.")
-        if text_embeds is None:
-            if input_ids is None:
-                raise ValueError("A composed query needs the modification texts: pass input_ids or text_embeds.")
-            text_embeds = self.get_text_features(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
+        image_embeds, text_embeds = self._query_inputs(
+            image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
+        )
         _check_same_batch("get_composed_features", image_embeds, text_embeds, ("reference image", "modification text"))
         composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
@@ -551,16 +559,9 @@ class ScotModel(ScotPreTrainedModel):
                 Text embeddings of the original captions: extra negatives of the SCOT loss (Eq. 8).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if image_embeds is None:
-            if pixel_values is None:
-                raise ValueError("ScotModel.forward needs the reference images: pass pixel_values or image_embeds.")
-            image_embeds = self.get_image_features(pixel_values=pixel_values, **kwargs)
-        if text_embeds is None:
-            if input_ids is None:
-                raise ValueError("ScotModel.forward needs the modification texts: pass input_ids or text_embeds.")
-            text_embeds = self.get_text_features(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            )
+        image_embeds, text_embeds = self._query_inputs(
+            image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
+        )
         composed_embeds, text_weight = self.get_composed_features(
             image_embeds, text_embeds=text_embeds, return_text_weight=True
         )
