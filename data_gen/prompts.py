@@ -13,6 +13,10 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_STYLES = ("one_step", "two_step")
 
@@ -44,13 +48,13 @@ FEW_SHOT_EXAMPLES = (
 )
 
 
-def _user_message(caption, step, modification=None):
+def _user_message(caption: str, step: str, modification: str | None = None) -> str:
     if step == "modified_caption":
         return f"Caption: {caption}\nModification: {modification}"
     return f"Caption: {caption}"
 
 
-def _assistant_message(modification, modified_caption, step):
+def _assistant_message(modification: str, modified_caption: str, step: str) -> str:
     if step == "modification":
         return f"Modification: {modification}"
     if step == "modified_caption":
@@ -58,7 +62,8 @@ def _assistant_message(modification, modified_caption, step):
     return f"Modification: {modification}\nModified caption: {modified_caption}"
 
 
-def build_messages(caption, step="both", modification=None, num_shots=3):
+def build_messages(caption: str, step: str = "both", modification: str | None = None,
+                   num_shots: int = 3) -> list[dict[str, str]]:
     """Chat messages for one caption.
 
     `step` is "both" (one-step prompting), "modification" or "modified_caption" (the two steps of two-step
@@ -83,12 +88,12 @@ def build_messages(caption, step="both", modification=None, num_shots=3):
     return messages
 
 
-def target_text(modification, modified_caption, step="both"):
+def target_text(modification: str, modified_caption: str, step: str = "both") -> str:
     """The completion a generator should write for `step` (used as the SFT completion)."""
     return _assistant_message(modification, modified_caption, step)
 
 
-def render_prompt(tokenizer, messages):
+def render_prompt(tokenizer: "PreTrainedTokenizerBase", messages: list[dict[str, str]]) -> str:
     """Messages → prompt string: the tokenizer's chat template when it has one, else a plain text layout."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -115,13 +120,13 @@ class ParsedTriplet:
     rejection: str | None = None
 
 
-def _clean(text):
+def _clean(text: str) -> str:
     text = text.strip().strip("\"'`“”‘’").strip()
     text = re.sub(r"\s+", " ", text)
     return text.rstrip(" .;,")
 
 
-def parse_completion(text, step="both"):
+def parse_completion(text: str, step: str = "both") -> ParsedTriplet:
     """Read the labelled lines of a completion. The first occurrence of each label wins (models often go on)."""
     found = {}
     for line in text.splitlines():
@@ -152,17 +157,18 @@ _NON_CONTENT = set(
     were been being make made change changed turn replace replaced swap instead show shown showing add added remove
     removed put place take away without more less same other one out up off
     around behind next near beside under over above below between image picture photo scene version so now
-    them they their there here his her he she him as than then very just only also some any all no not do does""".split()
+    them they their there here his her he she him as than then very just only also some any all no not do
+    does""".split()
 )
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
-def normalize(text):
+def normalize(text: str) -> str:
     """Lowercased words only: the comparison key for "same as the caption" and duplicate captions."""
     return " ".join(_WORD.findall(text.lower()))
 
 
-def _stem(word):
+def _stem(word: str) -> str:
     # Singular/plural and the commonest verb endings are the same content for this check.
     for suffix in ("ies", "es", "s"):
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
@@ -170,16 +176,18 @@ def _stem(word):
     return word
 
 
-def _content_stems(text):
+def _content_stems(text: str) -> set[str]:
     return {_stem(word) for word in _WORD.findall(text.lower()) if word not in _NON_CONTENT}
 
 
-def _mentioned(word, words):
+def _mentioned(word: str, words: set[str]) -> bool:
     """`word` appears in `words`, up to word form: one contains the other ("dog" / "sheepdog", "slice" / "sliced")."""
-    return any(word == other or (min(len(word), len(other)) >= 3 and (word in other or other in word)) for other in words)
+    return any(
+        word == other or (min(len(word), len(other)) >= 3 and (word in other or other in word)) for other in words
+    )
 
 
-def looks_like_junk(text):
+def looks_like_junk(text: str) -> bool:
     """Non-text output: markup, URLs, control characters, too few letters, stuttering repetition."""
     if re.search(r"https?://|www\.|[<>{}\[\]\\|`@#$^~=_]|\.\.\.\.", text):
         return True
@@ -197,7 +205,7 @@ def looks_like_junk(text):
 class RejectionCounter(Counter):
     """Counts of skipped input rows and rejected generations, by reason (the dataset card reports them)."""
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, int]:
         return dict(sorted(self.items()))
 
 
@@ -212,7 +220,7 @@ class TripletFilter:
     max_modified_caption_words: int = 60
     max_length_ratio: float = 3.0
 
-    def check(self, caption, modification, modified_caption):
+    def check(self, caption: str, modification: str | None, modified_caption: str | None) -> str | None:
         if not modification or not modified_caption or not normalize(modification) or not normalize(modified_caption):
             return "empty"
         if normalize(modified_caption) == normalize(caption):

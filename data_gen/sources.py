@@ -13,9 +13,14 @@ only when a kept triplet is written, so millions of captions never hold their im
 import csv
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .prompts import RejectionCounter, normalize
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -32,7 +37,9 @@ class CaptionRow:
 class DatasetSource:
     """Rows of a `datasets` dataset: `image_column` (None for captions without images) and `caption_column`."""
 
-    def __init__(self, dataset, caption_column="caption", image_column="image", split="train", name=None, id_column=None):
+    def __init__(self, dataset: "str | Dataset | DatasetDict", caption_column: str = "caption",
+                 image_column: str | None = "image", split: str = "train", name: str | None = None,
+                 id_column: str | None = None) -> None:
         from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
         described = dataset if isinstance(dataset, str) else type(dataset).__name__
@@ -59,9 +66,11 @@ class DatasetSource:
         self.caption_column = caption_column
         self.image_column = image_column
         self.id_column = id_column
-        self.name = name or (os.path.basename(os.path.normpath(described)) if isinstance(described, str) else "dataset")
+        if not name:
+            name = os.path.basename(os.path.normpath(described)) if isinstance(described, str) else "dataset"
+        self.name = name
 
-    def rows(self):
+    def rows(self) -> list[CaptionRow]:
         captions = self.dataset[self.caption_column]
         ids = self.dataset[self.id_column] if self.id_column else range(len(captions))
         rows = []
@@ -72,7 +81,7 @@ class DatasetSource:
                 rows.append(CaptionRow(f"{self.name}:{row_id}", caption, index))
         return rows
 
-    def _undecoded(self):
+    def _undecoded(self) -> "Dataset":
         # decode=False hands back the stored bytes/path without decoding and re-encoding the picture.
         if self._undecoded_dataset is None:
             from datasets import Image
@@ -80,7 +89,7 @@ class DatasetSource:
             self._undecoded_dataset = self.dataset.cast_column(self.image_column, Image(decode=False))
         return self._undecoded_dataset
 
-    def images(self, rows):
+    def images(self, rows: list[CaptionRow]) -> list[dict | None]:
         """`{"bytes", "path"}` (or None) per row, read in one batch."""
         if self.image_column is None:
             return [None] * len(rows)
@@ -88,7 +97,7 @@ class DatasetSource:
         return [_image_value(value) for value in values]
 
 
-def _image_value(value):
+def _image_value(value: object) -> dict | None:
     if value is None:
         return None
     if hasattr(value, "save"):  # a PIL image (a dataset whose column is not an Image feature)
@@ -108,7 +117,8 @@ def _image_value(value):
 class ImageFolderSource:
     """Images under `folder` (recursively) with captions from sidecar files or a metadata file."""
 
-    def __init__(self, folder, caption_extension=".txt", caption_column="caption", name=None):
+    def __init__(self, folder: str, caption_extension: str = ".txt", caption_column: str = "caption",
+                 name: str | None = None) -> None:
         if not os.path.isdir(folder):
             raise ValueError(f"image folder {folder!r} does not exist or is not a folder")
         self.folder = folder
@@ -117,7 +127,7 @@ class ImageFolderSource:
         self.name = name or os.path.basename(os.path.normpath(folder))
         self.missing_captions = 0
 
-    def _metadata_captions(self):
+    def _metadata_captions(self) -> dict[str, str] | None:
         for filename in ("metadata.jsonl", "metadata.csv"):
             path = os.path.join(self.folder, filename)
             if not os.path.exists(path):
@@ -129,12 +139,13 @@ class ImageFolderSource:
                     records = list(csv.DictReader(handle))
             if records and (self.caption_column not in records[0] or "file_name" not in records[0]):
                 raise ValueError(
-                    f"{path} needs columns 'file_name' and {self.caption_column!r}; columns found: {sorted(records[0])}"
+                    f"{path} needs columns 'file_name' and {self.caption_column!r}; "
+                    f"columns found: {sorted(records[0])}"
                 )
             return {os.path.normpath(record["file_name"]): record[self.caption_column] for record in records}
         return None
 
-    def rows(self):
+    def rows(self) -> list[CaptionRow]:
         metadata = self._metadata_captions()
         images = sorted(
             os.path.relpath(os.path.join(root, filename), self.folder)
@@ -157,15 +168,16 @@ class ImageFolderSource:
             rows.append(CaptionRow(f"{self.name}:{relative_path}", caption, relative_path))
         return rows
 
-    def image(self, row):
+    def image(self, row: CaptionRow) -> dict:
         with open(os.path.join(self.folder, row.key), "rb") as handle:
             return {"bytes": handle.read(), "path": os.path.basename(row.key)}
 
-    def images(self, rows):
+    def images(self, rows: list[CaptionRow]) -> list[dict]:
         return [self.image(row) for row in rows]
 
 
-def clean_rows(rows, max_caption_words=60, duplicates="drop"):
+def clean_rows(rows: Iterable[CaptionRow], max_caption_words: int = 60,
+               duplicates: str = "drop") -> tuple[list[CaptionRow], RejectionCounter]:
     """Drop unusable captions, counted: `empty_caption`, `caption_too_long`, `duplicate_caption` (when
     `duplicates="drop"`: the first image of a caption is kept; an LLM would write the same triplet for the rest)."""
     if duplicates not in ("drop", "keep"):

@@ -8,6 +8,7 @@ returns None. Choices are drawn from a generator seeded by (seed, caption), so r
 import random
 import re
 import zlib
+from collections.abc import Callable
 
 COLOURS = (
     "red orange yellow green blue purple pink brown black white grey gold silver beige navy turquoise "
@@ -68,7 +69,7 @@ for _first, _second in ATTRIBUTE_PAIRS:
 _TOKEN = re.compile(r"[A-Za-z]+|[^A-Za-z]+")
 
 
-def pluralize(noun):
+def pluralize(noun: str) -> str:
     if noun in _IRREGULAR_PLURALS:
         return _IRREGULAR_PLURALS[noun]
     if noun.endswith(("s", "x", "ch", "sh")):
@@ -78,7 +79,7 @@ def pluralize(noun):
     return noun + "s"
 
 
-def singularize(word):
+def singularize(word: str) -> str | None:
     """The lexicon noun a word is a form of, or None."""
     if word in _GROUP_OF:
         return word
@@ -90,11 +91,11 @@ def singularize(word):
     return None
 
 
-def _match_case(template, word):
+def _match_case(template: str, word: str) -> str:
     return word.capitalize() if template[:1].isupper() else word
 
 
-def _fix_articles(words):
+def _fix_articles(words: list[str]) -> list[str]:
     """`a apple` → `an apple` after a swap (and back), on the token list."""
     alpha = [i for i, token in enumerate(words) if token.isalpha()]
     for position, index in enumerate(alpha[:-1]):
@@ -111,13 +112,13 @@ class TemplateGenerator:
 
     kinds = ("colour", "object", "count", "attribute", "add_colour")
 
-    def __init__(self, seed=0):
+    def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def _rng(self, caption):
+    def _rng(self, caption: str) -> random.Random:
         return random.Random(zlib.crc32(f"{self.seed}:{caption}".encode()))
 
-    def generate(self, caption):
+    def generate(self, caption: str) -> tuple[str, str, str] | None:
         rng = self._rng(caption)
         tokens = _TOKEN.findall(caption)
         kinds = list(self.kinds[:4])
@@ -131,11 +132,11 @@ class TemplateGenerator:
         return None
 
     @staticmethod
-    def _positions(tokens, predicate):
+    def _positions(tokens: list[str], predicate: Callable[[str], bool]) -> list[int]:
         return [i for i, token in enumerate(tokens) if token.isalpha() and predicate(token.lower())]
 
     @staticmethod
-    def _next_word(tokens, index):
+    def _next_word(tokens: list[str], index: int) -> str | None:
         for token in tokens[index + 1 :]:
             if token.isalpha():
                 return token.lower()
@@ -143,7 +144,7 @@ class TemplateGenerator:
                 return None
         return None
 
-    def _colour(self, tokens, rng):
+    def _colour(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
         positions = self._positions(tokens, lambda word: word in COLOURS)
         if not positions:
             return None
@@ -159,7 +160,7 @@ class TemplateGenerator:
             phrasing = rng.choice([f"change {old} to {new}", f"{new} instead of {old}", f"make it {new}"])
         return phrasing, tokens
 
-    def _object(self, tokens, rng):
+    def _object(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
         positions = self._positions(tokens, lambda word: singularize(word) is not None)
         if not positions:
             return None
@@ -181,7 +182,7 @@ class TemplateGenerator:
         )
         return phrasing.replace("a a", "an a").replace(" a e", " an e").replace(" a o", " an o"), tokens
 
-    def _count(self, tokens, rng):
+    def _count(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
         positions = self._positions(tokens, lambda word: word in NUMBERS[1:])
         tokens = list(tokens)
         if positions:
@@ -202,7 +203,7 @@ class TemplateGenerator:
                     return rng.choice([f"show {new} {pluralize(noun)}", f"make it {new} {pluralize(noun)}"]), tokens
         return None
 
-    def _attribute(self, tokens, rng):
+    def _attribute(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
         positions = self._positions(tokens, lambda word: word in _OPPOSITE)
         if not positions:
             return None
@@ -218,7 +219,7 @@ class TemplateGenerator:
             phrasing = rng.choice([f"make it {new} instead of {old}", f"change {old} to {new}"])
         return phrasing, tokens
 
-    def _add_colour(self, tokens, rng):
+    def _add_colour(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
         positions = self._positions(tokens, lambda word: word in _GROUP_OF and word != "person")
         positions = [i for i in positions if _GROUP_OF[tokens[i].lower()] != "person"]
         if not positions:

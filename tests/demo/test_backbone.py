@@ -8,7 +8,6 @@ import torch
 
 from demo import backbone, data
 
-
 pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec(backbone.MINILM_PACKAGE) is None,
@@ -34,10 +33,12 @@ def trained(tmp_path_factory):
     return root, metrics
 
 
+@pytest.mark.slow
 def test_saved_backbone_loads_in_scot_and_embeds(trained):
+    from PIL import Image
+
     import modeling_scot  # noqa: F401
     from modeling_scot import ScotModel, ScotProcessor
-    from PIL import Image
 
     root, _ = trained
     model = ScotModel.from_backbone(str(root / "backbone"), text_pooling="mean")
@@ -52,22 +53,44 @@ def test_saved_backbone_loads_in_scot_and_embeds(trained):
     assert inputs["pixel_values"].shape[-2:] == (TINY.image_size, TINY.image_size)
 
 
+@pytest.mark.slow
 def test_text_side_is_the_frozen_minilm(trained):
-    """The text embedding is MiniLM's masked mean, unchanged by training (identity projection)."""
+    """The text embedding is MiniLM's masked mean, unchanged by training (identity projection), read through
+    ScotModel's text path, as the demo's SCOT model reads it."""
     from transformers import AutoModel, AutoTokenizer, VisionTextDualEncoderModel
+
+    from modeling_scot import ScotModel, ScotProcessor
+    from scot_core import encode_texts
 
     root, _ = trained
     saved = VisionTextDualEncoderModel.from_pretrained(root / "backbone")
     torch.testing.assert_close(saved.text_projection.weight, torch.eye(384))
     minilm = AutoModel.from_pretrained(backbone.minilm_folder())
     tokenizer = AutoTokenizer.from_pretrained(root / "backbone")
-    batch = tokenizer(["a blue fedora"], return_tensors="pt")
+    texts = ["a blue fedora", "two red apples on a very long wooden table"]  # padded: the mean is masked
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        reference = minilm(**batch).last_hidden_state.mean(1)
-    torch.testing.assert_close(backbone.encode_texts(saved, tokenizer, ["a blue fedora"]),
-                               torch.nn.functional.normalize(reference, dim=-1))
+        hidden = minilm(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    scot = ScotModel.from_backbone(str(root / "backbone"), text_pooling="mean")
+    processor = ScotProcessor.from_backbone(str(root / "backbone"))
+    torch.testing.assert_close(encode_texts(scot, processor, texts, show_progress=False), reference)
 
 
+@pytest.mark.slow
+def test_the_training_view_shares_the_weights_and_freezes_nothing():
+    model, tokenizer, image_processor = backbone.build_dual_encoder(TINY)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    state = torch.random.get_rng_state()
+    scot, _ = backbone.scot_view(model, tokenizer, image_processor)
+    assert scot.encoder is model and torch.equal(torch.random.get_rng_state(), state)
+    assert {name for name, parameter in model.named_parameters() if parameter.requires_grad} == trainable
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+@pytest.mark.slow
 def test_metrics_are_written(trained):
     root, metrics = trained
     written = json.loads((root / "backbone" / backbone.METRICS_FILE).read_text())
@@ -76,6 +99,7 @@ def test_metrics_are_written(trained):
     assert (root / "backbone" / "checkpoint" / "weights.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_cached_backbone_is_reused(trained):
     root, metrics = trained
     weights = root / "backbone" / "model.safetensors"

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from demo.benchmark import build_colour_benchmark
 from demo.data import TINT_COLOURS, prepare_image, tint
 from demo.report import metrics_table
-from trainers.benchmarks import check_benchmark, load_benchmark
+from scot_eval.benchmarks import check_benchmark, load_benchmark
 
 
 def _black_stamp(shape: str) -> Image.Image:

@@ -8,7 +8,6 @@ from PIL import Image
 
 from demo import data
 
-
 needs_tuxpaint = pytest.mark.skipif(
     not data.TUXPAINT_STAMPS_DIR.is_dir(),
     reason="Debian tuxpaint-stamps-default is not installed (apt-get install -y --no-install-recommends "
@@ -113,16 +112,19 @@ def test_benchmark_stamps_are_fixed_recolourable_and_unambiguous():
 
 
 @needs_all_sources
+@pytest.mark.slow
 def test_build_small_dataset(tmp_path):
     # reserve most recolourable stamps, so that keeping them out of the build is really exercised
-    stats = data.build_demo_dataset(tmp_path / "data", image_size=32, limit=12, num_benchmark_stamps=150, progress=False)
+    stats = data.build_demo_dataset(tmp_path / "data", image_size=32, limit=12, num_benchmark_stamps=150,
+                                    progress=False)
     reserved = set(stats["benchmark_stamps"])
     assert len(reserved) > 50
 
     dataset = data.load_demo_dataset(tmp_path / "data")
     assert set(dataset) <= {"train", "test"} and "train" in dataset
     train = dataset["train"]
-    assert {"image", "caption", "source", "license", "series", "recolourable", "tint", "stamp_path"} <= set(train.column_names)
+    columns = {"image", "caption", "source", "license", "series", "recolourable", "tint", "stamp_path"}
+    assert columns <= set(train.column_names)
     assert set(train["source"]) == {"tuxpaint", "openclipart", "emoji"}
     assert train[0]["image"].size == (32, 32)
     assert all(caption and caption == caption.lower() for caption in train["caption"])
@@ -136,6 +138,12 @@ def test_build_small_dataset(tmp_path):
     # tinted variants carry their colour in the caption
     tinted = train.filter(lambda t: bool(t), input_columns="tint")
     assert len(tinted) > 0 and all(row["caption"].startswith(f"a {row['tint']} ") for row in tinted)
+
+    # the card (hub_cards) names each split's rows and the sources' licenses
+    card = (tmp_path / "data" / "README.md").read_text()
+    for split, counts in stats["counts"].items():
+        assert f"| `{split}` | {counts['total']} |" in card and f"num_examples: {counts['total']}" in card
+    assert all(license in card for license in data.LICENSES.values()) and "## Limitations" in card
 
     # a second build with the same settings is reused, not rebuilt
     parquet = tmp_path / "data" / stats["files"]["train"]
