@@ -54,7 +54,7 @@ apt-install:
 # stamps: "this, but in blue" has an answer) is indexed on the first run
 web-demo: $(STAMP)
 	test -d scot-demo || $(MAKE) demo
-	$(BIN)/scot-search web --model scot-demo --index outputs/demo/gallery-index --gallery outputs/demo/benchmark/dev
+	$(BIN)/scot-search web --model scot-demo --index outputs/demo/gallery-index --gallery outputs/demo/benchmark/colour/dev
 
 quickstart: $(STAMP)
 	$(BIN)/python scripts/quickstart.py --output_dir outputs/quickstart

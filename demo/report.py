@@ -20,9 +20,37 @@ METHOD_NAMES = {
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
     "scot": "SCOT (Combiner, SCOT loss)",
+    "scot_split": "Combiner, SCOT loss 'split' reading",
     "scot_infonce": "Combiner trained with InfoNCE instead",
+    "scot_infonce_captions": "Combiner, InfoNCE + caption negatives",
 }
 BASELINES = ("image", "text", "sum")
+
+
+def kinds_table(metrics: dict[str, dict[str, dict[str, float]]], key: str = "R@1") -> str:
+    """Markdown table of one metric: a row per method, a column per kind of change, and the average over kinds."""
+    kinds = list(metrics)
+    methods = list(metrics[kinds[0]])
+    lines = ["| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
+    for method in methods:
+        values = [metrics[kind][method][key] for kind in kinds]
+        cells = " | ".join(f"{value:.1f}" for value in values)
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | {cells} | {sum(values) / len(values):.1f} |")
+    return "\n".join(lines)
+
+
+def verdicts(metrics: dict[str, dict[str, dict[str, float]]], method: str = "scot", key: str = "R@1") -> list[str]:
+    """One line per kind and for the average: does `method` beat every baseline at `key`, with the numbers."""
+    lines = []
+    averages = {name: sum(metrics[kind][name][key] for kind in metrics) / len(metrics)
+                for name in metrics[next(iter(metrics))]}
+    for kind, values in [*metrics.items(), ("average", averages)]:
+        values = {name: value[key] if isinstance(value, dict) else value for name, value in values.items()}
+        best = max(BASELINES, key=lambda name: values[name])
+        beats = values[method] > values[best]
+        lines.append(f"{kind}: SCOT {'beats' if beats else 'does NOT beat'} every baseline at {key} "
+                     f"({values[method]:.1f} vs {METHOD_NAMES[best].split(' (')[0].lower()} {values[best]:.1f})")
+    return lines
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], keys=None) -> str:

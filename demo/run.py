@@ -4,12 +4,14 @@
 
 1. demo data: captioned images from Debian packages (Tux Paint stamps and their tints, Open Clip Art, Noto emoji);
 2. demo backbone: a `VisionTextDualEncoderModel`, frozen MiniLM text tower + a small vision tower trained here;
-3. demo CIR benchmark: held-out stamps in six colours, "make it blue" -> the blue one (CIRR format);
+3. demo CIR benchmark: held-out stamps changed in five kinds of way (colour, count, an added object, background,
+   orientation), one CIRR folder per kind, answers known by construction;
 4. triplets: SmolLM2-135M LoRA-tuned briefly on the seed triplets writes (modification, modified caption) for a
    sample of captions; the rule-based templates write the rest (colour swaps of tinted stamps, ...) -> scot-triplets/;
-5. SCOT: the Combiner trained on cached embeddings with the SCOT loss (and, to compare, with InfoNCE) -> scot-demo/;
-6. evaluation on the benchmark against image-only, text-only and image+text, a markdown report, a retrieval grid
-   and metrics.json.
+5. SCOT: the Combiner trained on cached embeddings with the SCOT loss -> scot-demo/; and, to compare, with the
+   "split" reading of it, InfoNCE, and InfoNCE with the original captions as negatives (same data and budget);
+6. evaluation per kind against image-only, text-only and image+text, a markdown report, a retrieval grid and
+   metrics.json.
 
 Every stage caches its output (keyed by its inputs and settings), so a second run only re-checks and re-reports.
 """
@@ -29,6 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 logger = logging.getLogger("demo")
 
 BENCHMARK_METRICS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3")
+# The Combiners the demo trains, same data and budget: method key (demo.report.METHOD_NAMES) -> ScotConfig.loss_type
+COMBINER_LOSSES = {"scot": "scot", "scot_split": "scot_split", "scot_infonce": "infonce",
+                   "scot_infonce_captions": "infonce_captions"}
 # The licences of the demo images, for the triplets' card
 SOURCE_LICENSE = "see the demo data card: Tux Paint stamps GPL-2.0+, Open Clip Art CC0, Noto emoji OFL-1.1/Apache-2.0"
 
@@ -72,23 +77,23 @@ def mark_fresh(folder: Path, key: str) -> None:
 # -- 3. the benchmark ---------------------------------------------------------------------------------------------
 
 
-def build_benchmark(output_dir: Path, data_key: str) -> Path:
+def build_benchmark(output_dir: Path, data_key: str) -> dict[str, Path]:
+    """The multi-kind benchmark (`demo.benchmark`) on the held-out stamps: `{kind: CIRR data_dir}`."""
     from PIL import Image
 
-    from demo.benchmark import build_colour_benchmark
+    from demo.benchmark import build_kinds_benchmark, load_kinds
     from demo.data import TINT_COLOURS, benchmark_stamps, prepare_image, tint
 
     folder = output_dir / "benchmark"
-    if fresh_folder(folder, data_key):
-        return folder
+    if fresh_folder(folder, f"{data_key}:kinds-v1") and (folder / "kinds.json").is_file():
+        return load_kinds(folder)
     stamps = []
     for stamp in benchmark_stamps():
         with Image.open(stamp.path) as opened:
-            stamps.append((Path(stamp.path).stem, opened.convert("RGBA")))
-    build_colour_benchmark(stamps, lambda image, colour: prepare_image(tint(image, colour)), tuple(TINT_COLOURS),
-                           folder)
-    mark_fresh(folder, data_key)
-    return folder
+            stamps.append((Path(stamp.path).stem, opened.convert("RGBA"), stamp.caption))
+    build_kinds_benchmark(stamps, lambda image, colour: prepare_image(tint(image, colour)), TINT_COLOURS, folder)
+    mark_fresh(folder, f"{data_key}:kinds-v1")
+    return load_kinds(folder)
 
 
 # -- 4. triplets --------------------------------------------------------------------------------------------------
@@ -182,35 +187,51 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, loss_ty
 # -- 6. evaluation and report -------------------------------------------------------------------------------------
 
 
-def evaluate_all(scot_dir: Path, infonce_dir: Path, benchmark_dir: Path) -> dict:
-    """`{method: {metric: value}}` on the benchmark, methods keyed as `demo.report.METHOD_NAMES`: the baselines and
-    SCOT on the SCOT model's encoder, and SCOT's method with the Combiner trained with InfoNCE."""
+def evaluate_all(combiner_dirs: dict[str, Path], kinds: dict[str, Path]) -> dict:
+    """`{kind: {method: {metric: value}}}` on every kind of the benchmark, methods keyed as
+    `demo.report.METHOD_NAMES`: the baselines on the SCOT model's encoder, and each trained Combiner."""
     from demo.report import BASELINES
     from modeling_scot import ScotModel, ScotProcessor
-    from scot_eval.evaluation import evaluate_benchmark, evaluate_prepared, prepare_benchmark
+    from scot_core import encoder_fingerprint
+    from scot_eval.evaluation import evaluate_prepared, prepare_benchmark
 
     def rounded(result) -> dict[str, float]:
         return {key: round(result.metrics[key], 2) for key in BENCHMARK_METRICS}
 
-    scot, processor = ScotModel.from_pretrained(scot_dir), ScotProcessor.from_pretrained(scot_dir)
-    prepared = prepare_benchmark(scot, processor, "cirr", benchmark_dir, "val", show_progress=False)
-    metrics = {method: rounded(evaluate_prepared(scot, prepared, method, processor=processor))
-               for method in (*BASELINES, "scot")}
-    infonce = ScotModel.from_pretrained(infonce_dir)
-    metrics["scot_infonce"] = rounded(evaluate_benchmark(infonce, processor, "cirr", benchmark_dir, "val", "scot",
-                                                         show_progress=False))
+    processor = ScotProcessor.from_pretrained(combiner_dirs["scot"])
+    combiners = {method: ScotModel.from_pretrained(folder) for method, folder in combiner_dirs.items()}
+    fingerprints = {encoder_fingerprint(model, processor) for model in combiners.values()}
+    if len(fingerprints) != 1:  # the gallery embeddings are shared: every Combiner must sit on the same encoder
+        raise RuntimeError(f"The demo's Combiners were trained on different encoders: {sorted(combiner_dirs)}")
+    scot = combiners["scot"]
+    metrics = {}
+    for kind, data_dir in kinds.items():
+        prepared = prepare_benchmark(scot, processor, "cirr", data_dir, "val", show_progress=False)
+        metrics[kind] = {method: rounded(evaluate_prepared(scot, prepared, method, processor=processor))
+                         for method in BASELINES}
+        for method, model in combiners.items():
+            metrics[kind][method] = rounded(evaluate_prepared(model, prepared, "scot", processor=processor))
     return metrics
+
+
+def average_over_kinds(metrics: dict) -> dict:
+    """`{method: {metric: mean over kinds}}`: every kind weighs the same, whatever its number of queries."""
+    kinds = list(metrics)
+    methods = metrics[kinds[0]]
+    return {method: {key: round(sum(metrics[kind][method][key] for kind in kinds) / len(kinds), 2)
+                     for key in methods[method]} for method in methods}
 
 
 def write_model_card(scot_dir: Path, run_dir: Path, metrics: dict, triplet_stats: dict, backbone_report: dict) -> None:
     """scot-demo's README.md (`hub_cards`): the training record of `run_dir`, the benchmark `metrics`
-    (`{method: {metric: value}}`, all measured by `evaluate_all`), the model-index from the `scot` row."""
+    (`{kind: {method: {metric: value}}}`, all measured by `evaluate_all`), the model-index from the `scot` rows."""
     from demo.report import METHOD_NAMES
     from hub_cards import model_card_from_folder
 
     evaluations = [{"benchmark": "cirr", "split": "val", "method": method, "metrics": values,
-                    "dataset_name": "SCOT demo colour benchmark", "dataset_type": "scot-demo-colour-benchmark",
-                    "label": METHOD_NAMES[method]} for method, values in metrics.items()]
+                    "dataset_name": f"SCOT demo benchmark: {kind}", "dataset_type": f"scot-demo-{kind}",
+                    "label": METHOD_NAMES[method]}
+                   for kind, per_method in metrics.items() for method, values in per_method.items()]
     heldout = backbone_report.get("heldout", {})
     backbone = ""
     if "image_to_text" in heldout:
@@ -220,7 +241,8 @@ def write_model_card(scot_dir: Path, run_dir: Path, metrics: dict, triplet_stats
         "This is the demo model `make demo` builds offline on CPU: the backbone is a `VisionTextDualEncoderModel` "
         "with a small vision tower trained here on captioned clip art, emoji and Tux Paint stamps and the frozen "
         f"all-MiniLM-L6-v2 text tower; the triplets are the {triplet_stats['kept_rows']} of `scot-triplets`. The "
-        "benchmark is the demo's own: held-out stamps in six colours, scored with the CIRR protocol." + backbone)
+        "benchmark is the demo's own: held-out stamps changed in five kinds of way (colour, count, an added object, "
+        "background, orientation), scored with the CIRR protocol." + backbone)
     card = model_card_from_folder(
         scot_dir, training_folder=run_dir, model_name="scot-demo", repo_id="scot-demo", license="apache-2.0",
         dataset={"name": "scot-triplets"}, evaluations=evaluations, description=description,
@@ -229,33 +251,44 @@ def write_model_card(scot_dir: Path, run_dir: Path, metrics: dict, triplet_stats
     card.save(scot_dir / "README.md")
 
 
-def write_report(output_dir: Path, task, metrics: dict, triplet_stats: dict, started: float) -> tuple[Path, str]:
-    """`report.md`: the benchmark, the metrics table, the verdict, the retrieval grid; returns (path, verdict)."""
-    from demo.report import BASELINES, metrics_table
+def write_report(output_dir: Path, kinds: dict[str, Path], metrics: dict, triplet_stats: dict,
+                 started: float) -> tuple[Path, str]:
+    """`report.md`: the benchmark's kinds, the R@1 table per kind and averaged, the verdict per kind, every kind's
+    full table and the retrieval grid; returns (path, verdict)."""
+    from demo.report import kinds_table, metrics_table, verdicts
 
-    best_baseline = max(metrics[method]["R@1"] for method in BASELINES)
-    verdict = ("SCOT beats every baseline at R@1" if metrics["scot"]["R@1"] > best_baseline
-               else "SCOT does NOT beat the best baseline at R@1")
+    summary = json.loads((next(iter(kinds.values())).parent / "kinds.json").read_text())
+    counts = ", ".join(f"{kind} {summary[kind]['num_queries']} queries / {summary[kind]['num_images']} images"
+                       for kind in kinds)
+    verdict_lines = verdicts(metrics)
+    per_kind = "\n\n".join(f"### {kind}\n\n{metrics_table(values)}" for kind, values in metrics.items())
     report = output_dir / "report.md"
     report.write_text(f"""# SCOT demo report
 
-Benchmark: {len(task.queries)} queries over
-{len(task.gallery)} gallery images (held-out
-Tux Paint stamps in six colours; a query is one tint + "make it <colour>", the answer the same stamp in that colour).
-CIRR protocol: the reference is removed from each ranking; Rsubset ranks only the stamp's six tints. Percentages.
+Benchmark: held-out Tux Paint stamps changed in {len(kinds)} kinds of way, one CIRR folder per kind ({counts}).
+CIRR protocol: the reference is removed from each ranking; Rsubset ranks only the stamp's variants for that kind.
+Percentages; "average" weighs every kind the same.
 
-{metrics_table(metrics)}
+What the training data teaches: the demo backbone sees tinted stamps captioned with their colour, so colour is
+grounded; the triplets ({triplet_stats['kept_rows']}: {triplet_stats['per_generator']}) change captions (colour,
+object, count swaps by the templates, anything by the LLM), never these images. Count, added objects, backgrounds and
+orientation are a transfer test. The benchmark's stamps are in none of the training data.
 
-{verdict} (SCOT R@1 {metrics['scot']['R@1']:.1f} vs best baseline {best_baseline:.1f}).
+R@1 per kind:
 
-Training triplets: {triplet_stats['kept_rows']} ({triplet_stats['per_generator']}); the benchmark's stamps are in
-none of them, nor in the backbone's training data.
+{kinds_table(metrics, "R@1")}
 
-![retrieval grid](retrieval_grid.png)
+{chr(10).join("- " + line for line in verdict_lines)}
+
+## Every metric, per kind
+
+{per_kind}
+
+![retrieval grid (colour kind)](retrieval_grid.png)
 
 Total time of this run: {time.perf_counter() - started:.0f} s.
 """)
-    return report, verdict
+    return report, "; ".join(verdict_lines)
 
 
 def publish_model(model, processor, model_dir: Path) -> None:
@@ -287,44 +320,45 @@ def run_demo(args: DemoArguments) -> dict:
     backbone_report = train_demo_backbone(output_dir / "data", output_dir / "backbone")
     _done(t, f"{output_dir / 'backbone'}")
 
-    t = stage("3/6 demo CIR benchmark (held-out stamps x 6 colours, CIRR format)")
-    benchmark_dir = build_benchmark(output_dir, data_key)
-    _done(t, str(benchmark_dir))
+    t = stage("3/6 demo CIR benchmark (held-out stamps, five kinds of change, CIRR format)")
+    kinds = build_benchmark(output_dir, data_key)
+    _done(t, ", ".join(str(folder) for folder in kinds.values()))
 
     t = stage("4/6 triplets (SmolLM2 + LoRA for a sample, templates for the rest)")
     triplet_stats = make_triplets(output_dir / "data", output_dir, triplets_dir, args.llm_rows, args.generator_steps,
                                   data_key)
     _done(t, f"{triplets_dir}: {triplet_stats['kept_rows']} triplets, per generator {triplet_stats['per_generator']}")
 
-    t = stage("5/6 SCOT training (cached embeddings; SCOT loss, and InfoNCE to compare)")
+    t = stage("5/6 SCOT training (cached embeddings; the SCOT loss, and the comparison losses, same budget)")
     run_key = f"{backbone_report['fingerprint']}:{data_key}:{args.llm_rows}:{args.generator_steps}:{args.scot_epochs}"
-    scot_dir, infonce_dir = (train_scot(output_dir / "backbone", triplets_dir, output_dir, loss_type, args.scot_epochs,
-                                        run_key) for loss_type in ("scot", "infonce"))
-    _done(t, f"{scot_dir}, {infonce_dir}")
+    combiner_dirs = {method: train_scot(output_dir / "backbone", triplets_dir, output_dir, loss_type, args.scot_epochs,
+                                        run_key) for method, loss_type in COMBINER_LOSSES.items()}
+    _done(t, ", ".join(str(folder) for folder in combiner_dirs.values()))
 
-    t = stage("6/6 evaluation against the baselines, report")
-    summary = evaluate_and_report(args, scot_dir, infonce_dir, benchmark_dir, triplet_stats, backbone_report, started)
+    t = stage("6/6 evaluation against the baselines, per kind, report")
+    summary = evaluate_and_report(args, combiner_dirs, kinds, triplet_stats, backbone_report, started)
     _done(t, "evaluated")
     return summary
 
 
-def evaluate_and_report(args: DemoArguments, scot_dir: Path, infonce_dir: Path, benchmark_dir: Path,
+def evaluate_and_report(args: DemoArguments, combiner_dirs: dict[str, Path], kinds: dict[str, Path],
                         triplet_stats: dict, backbone_report: dict, started: float) -> dict:
     """Stage 6: metrics.json, the retrieval grid, scot-demo/ with its card, report.md."""
     from demo.report import retrieval_grid
     from modeling_scot import ScotModel, ScotProcessor
     from scot_eval.benchmarks import load_benchmark
 
-    output_dir, model_dir = Path(args.output_dir), Path(args.scot_model_dir)
-    metrics = evaluate_all(scot_dir, infonce_dir, benchmark_dir)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (task,) = load_benchmark("cirr", benchmark_dir, "val")
+    output_dir, model_dir, scot_dir = Path(args.output_dir), Path(args.scot_model_dir), combiner_dirs["scot"]
+    metrics = evaluate_all(combiner_dirs, kinds)
+    average = average_over_kinds(metrics)
+    (output_dir / "metrics.json").write_text(json.dumps({"kinds": metrics, "average": average}, indent=2))
+    (task,) = load_benchmark("cirr", kinds["colour"], "val")
     model, processor = ScotModel.from_pretrained(scot_dir), ScotProcessor.from_pretrained(scot_dir)
     grid = retrieval_grid(model, processor, task, output_dir / "retrieval_grid.png")
     publish_model(model, processor, model_dir)
     write_model_card(model_dir, scot_dir, metrics, triplet_stats, backbone_report)
-    report, verdict = write_report(output_dir, task, metrics, triplet_stats, started)
-    return {"metrics": metrics, "verdict": verdict, "report": report, "grid": grid}
+    report, verdict = write_report(output_dir, kinds, metrics, triplet_stats, started)
+    return {"metrics": metrics, "average": average, "verdict": verdict, "report": report, "grid": grid}
 
 
 def parse_args(argv: list[str] | None = None) -> DemoArguments:
@@ -343,11 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     summary = run_demo(args)
 
-    from demo.report import metrics_table
+    from demo.report import kinds_table
 
     print(f"\nSCOT demo done in {time.perf_counter() - started:.0f} s")
-    print(metrics_table(summary["metrics"]))
-    print(f"\n{summary['verdict']}.")
+    print("R@1 per kind of change:\n" + kinds_table(summary["metrics"], "R@1"))
+    print("\n" + summary["verdict"].replace("; ", "\n") + ".")
     print(f"report:  {summary['report']}\npicture: {summary['grid']}\n"
           f"metrics: {Path(args.output_dir) / 'metrics.json'}")
     print(f"model:   {args.scot_model_dir}/   (AutoModel.from_pretrained)\ntriplets: {args.triplets_dir}/   "

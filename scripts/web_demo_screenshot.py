@@ -18,7 +18,7 @@ from scot_search.app import build_app, example_images, launch_app, load_or_build
 # what `make demo` writes (as `make web-demo` passes them)
 DEMO_MODEL = "scot-demo"
 DEMO_INDEX = "outputs/demo/gallery-index"
-DEMO_GALLERY = "outputs/demo/benchmark/dev"
+DEMO_GALLERY = "outputs/demo/benchmark/colour/dev"
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from demo.benchmark_kinds import KINDS, build_kinds_benchmark, is_addable_object, load_kinds, object_phrase
+from demo.benchmark import KINDS, build_kinds_benchmark, is_addable_object, load_kinds, object_phrase
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 

@@ -2,24 +2,27 @@
 SCOT model and a tiny colour benchmark; stages 1-5 are the library's and demo.data / demo.backbone's, tested there."""
 
 import json
+import re
 import time
 
 import pytest
 from PIL import Image
 
 from demo import run
-from demo.benchmark import build_colour_benchmark
+from demo.benchmark import KINDS, build_kinds_benchmark, load_kinds
 from demo.data import TINT_COLOURS, prepare_image, tint
 from demo.report import METHOD_NAMES
 
 from .test_benchmark import _black_stamp
+from .test_benchmark_kinds import _stamp
 
 
 @pytest.fixture
-def benchmark_dir(tmp_path):
-    stamps = [("circle", _black_stamp("circle")), ("square", _black_stamp("square"))]
-    return build_colour_benchmark(stamps, lambda image, colour: prepare_image(tint(image, colour), 32),
-                                  tuple(TINT_COLOURS), tmp_path / "benchmark")
+def kinds(tmp_path):
+    stamps = [("circle", _black_stamp("circle"), "a circle"), ("arrow", _stamp("arrow"), "an arrow")]
+    build_kinds_benchmark(stamps, lambda image, colour: prepare_image(tint(image, colour), 32), TINT_COLOURS,
+                          tmp_path / "benchmark", size=32)
+    return load_kinds(tmp_path / "benchmark")
 
 
 def test_options_and_their_defaults():
@@ -29,25 +32,35 @@ def test_options_and_their_defaults():
     assert args.triplets_dir == "scot-triplets"  # the others keep their defaults
 
 
-def test_stage_six_writes_metrics_report_grid_and_card(scot_folder, benchmark_dir, tmp_path, monkeypatch):
+def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kinds, tmp_path, monkeypatch):
     monkeypatch.setenv("SCOT_CACHE_DIR", str(tmp_path / "cache"))
     args = run.DemoArguments(output_dir=str(tmp_path / "out"), scot_model_dir=str(tmp_path / "scot-demo"))
     (tmp_path / "out").mkdir()
     triplet_stats = {"kept_rows": 64, "per_generator": {"templates": 64}}
-    summary = run.evaluate_and_report(args, scot_folder, scot_folder, benchmark_dir, triplet_stats, {},
-                                      time.perf_counter())
+    combiners = {method: scot_folder for method in run.COMBINER_LOSSES}  # the same model under every name here
+    summary = run.evaluate_and_report(args, combiners, kinds, triplet_stats, {}, time.perf_counter())
 
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(metrics) == list(METHOD_NAMES) and metrics == summary["metrics"]
-    assert all(list(values) == list(run.BENCHMARK_METRICS) for values in metrics.values())
-    assert metrics["scot_infonce"] == metrics["scot"]  # the same model twice here
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written == {"kinds": summary["metrics"], "average": summary["average"]}
+    assert list(written["kinds"]) == list(KINDS)
+    for per_method in written["kinds"].values():
+        assert list(per_method) == list(METHOD_NAMES)
+        assert all(list(values) == list(run.BENCHMARK_METRICS) for values in per_method.values())
+        assert per_method["scot_infonce"] == per_method["scot"]
+    for method, values in written["average"].items():  # the average is the mean of the kinds, metric by metric
+        for key, value in values.items():
+            mean = sum(written["kinds"][kind][method][key] for kind in KINDS) / len(KINDS)
+            assert value == pytest.approx(mean, abs=0.006)
 
     report = (tmp_path / "out" / "report.md").read_text()
-    queries, gallery = 2 * 6 * 5, 2 * 6
-    assert f"Benchmark: {queries} queries over\n{gallery} gallery images (held-out\n" in report
-    assert "| method | R@1 | R@5 | R@10 | R@50 | Rsubset@1 | Rsubset@2 | Rsubset@3 |" in report
+    counted = {kind: int(re.search(rf"{kind} (\d+) queries", report).group(1)) for kind in KINDS}
+    on_disk = {kind: len(json.loads((folder / "cirr" / "captions" / "cap.rc2.val.json").read_text()))
+               for kind, folder in kinds.items()}
+    assert counted == on_disk and sum(counted.values()) == sum(on_disk.values())  # the kinds add up to all queries
+    assert "| method | colour | count | add_object | background | orientation | average |" in report
+    assert all(f"### {kind}" in report for kind in KINDS)
     assert all(f"| {name} | " in report for name in METHOD_NAMES.values())
-    assert summary["verdict"] in report and "Training triplets: 64 ({'templates': 64})" in report
+    assert all(line in report for line in summary["verdict"].split("; "))
     with Image.open(tmp_path / "out" / "retrieval_grid.png") as grid:
         assert grid.width > 500
 
