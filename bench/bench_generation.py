@@ -12,12 +12,9 @@ Figures go to stdout and OUTPUT_DIR/results.json.
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_gen.finetune import SEED_TRIPLETS, FinetuneArguments, finetune, read_triplets, split_triplets
 from data_gen.generate import TransformersEngine, TripletGenerator
@@ -30,7 +27,8 @@ def throughput(model, tokenizer, prompts, max_new_tokens, batch_size, forced=Fal
     results = []
     for size in (1, batch_size):
         engine = TransformersEngine(
-            model, tokenizer, batch_size=size, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if forced else 0
+            model, tokenizer, batch_size=size, max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if forced else 0,
         )
         engine.complete(prompts[:1])  # warm-up: first-call allocations are not generation speed
         engine.generated_tokens = 0
@@ -162,9 +160,11 @@ def main():
     ]
     del base
     tuned = load_causal_lm("smollm2", dtype=torch.float32, adapter=adapter)
-    results["acceptance"].append(acceptance(tuned, tokenizer, captions, "one_step", 0, name="LoRA-tuned, 0-shot", **common))
+    results["acceptance"].append(acceptance(tuned, tokenizer, captions, "one_step", 0, name="LoRA-tuned, 0-shot",
+                                            **common))
     for entry in results["acceptance"]:
-        print(f"{entry['generator']}: kept {entry['kept']}/{entry['total']} ({entry['acceptance']:.0%}), rejections {entry['rejections']}")
+        print(f"{entry['generator']}: kept {entry['kept']}/{entry['total']} ({entry['acceptance']:.0%}), "
+              f"rejections {entry['rejections']}")
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
 

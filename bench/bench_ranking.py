@@ -11,14 +11,11 @@ process on the same scores, interleaved; the script checks that every result is 
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the trainers package lives in the repository root
-from scot_eval.metrics import circo_map_at_k, cirr_recall, recall_at_k, topk_indices  # noqa: E402
+from scot_eval.metrics import circo_map_at_k, cirr_recall, recall_at_k, topk_indices
 
 
 def _full_sort(scores: torch.Tensor) -> torch.Tensor:
@@ -44,7 +41,8 @@ def circo_full_sort(scores, target, reference, ground_truths):
     hits = torch.stack([torch.isin(row, torch.tensor(truth)) for row, truth in zip(top, ground_truths)]).double()
     precision = torch.cumsum(hits, 1) / torch.arange(1, 51) * hits
     denominators = torch.tensor([len(truth) for truth in ground_truths], dtype=torch.float64)
-    return {f"mAP@{k}": float((precision[:, :k].sum(1) / denominators.clamp(max=k)).mean() * 100) for k in (5, 10, 25, 50)}
+    return {f"mAP@{k}": float((precision[:, :k].sum(1) / denominators.clamp(max=k)).mean() * 100)
+            for k in (5, 10, 25, 50)}
 
 
 # (name, full-sort baseline, blocked trainers.metrics call); each computes what one evaluation step needs

@@ -82,13 +82,12 @@ THREADS = _requested_threads(sys.argv[1:])
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = str(THREADS)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scot_search lives in the repository root
+# imported only now: their thread pools read the variables above when they load
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import faiss
-import numpy as np
-import torch
-
-from scot_search.index import GalleryIndex
+from scot_search.index import GalleryIndex  # noqa: E402
 
 K = 50
 DIM = 256
@@ -420,7 +419,8 @@ def main():
     parser.add_argument("--copy_mb", type=int, default=256, help="array size of the copy-bandwidth measurement (MiB)")
     parser.add_argument("--approximate", action="store_true", help="also time the hnsw and ivf indexes (recall@50)")
     parser.add_argument("--approximate_max_size", type=int, default=100_000,
-                        help="build hnsw/ivf only up to this gallery size (at 1M on 2 cores: hnsw ~20 min, ivf ~3 min)")
+                        help="build hnsw/ivf only up to this gallery size (at 1M on 2 cores: hnsw ~20 min, "
+                             "ivf ~3 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None, help="also write the settings and rows to this JSON file")
     args = parser.parse_args()

@@ -5,31 +5,30 @@ Prints two ratios, each against a baseline measured in the same run:
 - the whole cached run (building the cache + all epochs) / one encoder pass over the data (goal <= 1.1x).
 
 The encoder is a random-weight CLIP ViT-B/32 (or B/16) at 224 px (the default `CLIPConfig`; speed does not depend on
-weight values) with the real CLIP BPE tokenizer (its vocabulary ships in the `open-clip-torch` wheel); the data are `--rows` triplets of synthetic images, every image distinct
-and four texts per row. Both trainings use `ScotTrainer` with the same batch size and optimiser.
+weight values) with the real CLIP BPE tokenizer (its vocabulary ships in the `open-clip-torch` wheel); the data are
+`--rows` triplets of synthetic images, every image distinct and four texts per row. Both trainings use `ScotTrainer`
+with the same batch size and optimiser.
 
     python bench/bench_training.py [--rows 256] [--batch_size 64] [--epochs 10]
 """
 
 import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from datasets import Dataset, Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image, ImageDraw
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-import torch  # noqa: E402
-from datasets import Dataset, Features, Image as ImageFeature, Value  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer  # noqa: E402
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
-
-from modeling_scot import ScotModel, ScotProcessor  # noqa: E402
-from trainers.embedding_cache import EmbeddingCache  # noqa: E402
-from trainers.train import ScotTrainingArguments  # noqa: E402
-from trainers.trainer import RawTripletCollator, ScotTrainer  # noqa: E402
+from modeling_scot import ScotModel, ScotProcessor
+from trainers.embedding_cache import EmbeddingCache
+from trainers.trainer import RawTripletCollator, ScotTrainer, select_trainable_rows
+from trainers.training_args import ScotTrainingArguments
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 SHAPES = ["square", "circle", "bar", "ring"]
@@ -117,7 +116,9 @@ def main():
                                      disable_tqdm=True, dataloader_pin_memory=False, seed=0)
 
     # Baseline 2: one epoch re-encoding images and texts every step (the raw, cache-off path).
-    raw_trainer = ScotTrainer(model=model, args=training_args("raw", 1), train_dataset=dataset,
+    # the rows as train.py gives them to the collator: Image column undecoded, decoded by scot_core.load_image
+    raw_rows, _ = select_trainable_rows(dataset)
+    raw_trainer = ScotTrainer(model=model, args=training_args("raw", 1), train_dataset=raw_rows,
                               data_collator=RawTripletCollator(processor), processing_class=processor)
     raw_epoch_seconds, _ = timed(raw_trainer.train)
 

@@ -16,6 +16,7 @@ from .encoding import (
     eval_mode,
     image_batch_encoder,
     image_identity,
+    is_missing_image,
     text_batch_encoder,
     try_load_image,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "eval_mode",
     "image_batch_encoder",
     "image_identity",
+    "is_missing_image",
     "load_image",
     "load_scot_or_backbone",
     "read_json",

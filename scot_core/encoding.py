@@ -126,9 +126,11 @@ def _collate_readable(items):
 @torch.inference_mode()
 def encode_images(model, processor, images: Sequence, batch_size: int = 64, num_workers: int = 0,
                   show_progress: bool = True, description: str = "encoding images",
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                  normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(`[N, D]` float32 CPU embeddings, `[N]` bool readable mask) of `images` (paths, Image cells or PIL images);
-    the rows of unreadable images are zero. Decoding runs in `num_workers` DataLoader workers."""
+    the rows of unreadable images are zero. Decoding runs in `num_workers` DataLoader workers. `normalize=False`:
+    the projected features before L2 normalisation (`get_image_features(normalize=False)`)."""
     device, dtype = model_device_dtype(model)
     embeddings = torch.zeros(len(images), model.config.embed_dim)
     readable = torch.zeros(len(images), dtype=torch.bool)
@@ -139,15 +141,15 @@ def encode_images(model, processor, images: Sequence, batch_size: int = 64, num_
             if pixels is None:
                 continue
             embeddings[positions] = model.get_image_features(
-                pixel_values=pixels.to(device=device, dtype=dtype)).float().cpu()
+                pixel_values=pixels.to(device=device, dtype=dtype), normalize=normalize).float().cpu()
             readable[positions] = True
     return embeddings, readable
 
 
 @torch.inference_mode()
 def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True,
-                 description: str = "encoding texts") -> torch.Tensor:
-    """`[N, D]` float32 CPU embeddings of `texts`."""
+                 description: str = "encoding texts", normalize: bool = True) -> torch.Tensor:
+    """`[N, D]` float32 CPU embeddings of `texts` (`normalize=False`: before L2 normalisation)."""
     device, _ = model_device_dtype(model)
     embeddings = torch.zeros(len(texts), model.config.embed_dim)
     starts = range(0, len(texts), batch_size)
@@ -155,8 +157,8 @@ def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, 
         for start in tqdm(starts, desc=description, unit="batch", disable=not show_progress or len(starts) < 2):
             tokens = processor(text=list(texts[start:start + batch_size]), return_tensors="pt")
             embeddings[start:start + batch_size] = model.get_text_features(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-            ).float().cpu()
+                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device),
+                normalize=normalize).float().cpu()
     return embeddings
 
 

@@ -12,6 +12,10 @@ dataset's fingerprint and column names:
     rows.safetensors               per kept row: index of its image / modification / modified caption / caption
     manifest.json                  written last: counts, skipped rows by reason, embed_dim; its presence = complete
 
+A row is skipped, and counted by reason, when its image cell is empty ("missing_image"), one of its three texts is
+empty ("empty_text") or its image cannot be decoded ("unreadable_image"); a row with several counts once, under the
+first of these that applies.
+
 Chunks are written atomically and skipped when present, so an interrupted encoding resumes where it stopped.
 """
 
@@ -42,6 +46,29 @@ logger = logging.getLogger(__name__)
 # 2: images decoded by `scot_core.load_image` (EXIF orientation, 16-bit and float modes), so entries written by the
 # version-1 decoder are not reused
 CACHE_FORMAT_VERSION = 2
+
+# why a triplet row is not trained on, in the order they are checked (the cheap checks first)
+SKIP_REASONS = ("missing_image", "empty_text", "unreadable_image")
+
+
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """"2 missing_image, 1 empty_text": the non-zero counts of skipped rows by reason, for messages."""
+    return ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count)
+
+
+def has_text(value) -> bool:
+    """A text cell a triplet can use: a string with something besides whitespace."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def undecoded_images(dataset, column: str):
+    """`dataset` with its Image column `column` not decoded (cells as `{"bytes", "path"}`), so that images are
+    compared without decoding and decoded only by `scot_core.load_image`; other datasets as they are."""
+    from datasets import Image as ImageFeature
+
+    if isinstance(dataset.features.get(column), ImageFeature) and dataset.features[column].decode:
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
 
 
 @dataclass
@@ -94,7 +121,8 @@ class EmbeddingCache:
 
     @property
     def skipped(self) -> dict[str, int]:
-        return self.manifest["skipped"]
+        """Rows not kept, by reason (`SKIP_REASONS`)."""
+        return {reason: self.manifest["skipped"].get(reason, 0) for reason in SKIP_REASONS}
 
     def as_dataset(self) -> "CachedTripletDataset":
         return CachedTripletDataset(self)
@@ -102,9 +130,13 @@ class EmbeddingCache:
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingCache":
         manifest = read_json(folder / "manifest.json", "embedding cache manifest")
-        image_embeds = torch.cat([load_file(str(folder / name))["embeds"] for name in manifest["image_chunks"]])
-        text_embeds = torch.cat([load_file(str(folder / name))["embeds"] for name in manifest["text_chunks"]])
-        return cls(folder, image_embeds, text_embeds, load_file(str(folder / "rows.safetensors")), manifest)
+
+        def embeds(chunks: list[str]) -> torch.Tensor:  # no chunks: a dataset whose every row was skipped
+            parts = [load_file(str(folder / name))["embeds"] for name in chunks]
+            return torch.cat(parts) if parts else torch.zeros(0, manifest["embed_dim"])
+
+        return cls(folder, embeds(manifest["image_chunks"]), embeds(manifest["text_chunks"]),
+                   load_file(str(folder / "rows.safetensors")), manifest)
 
     @classmethod
     def build_or_load(
@@ -137,29 +169,25 @@ def _distinct_texts(dataset, columns: TripletColumns) -> tuple[list[str], dict[s
     row_has_text = [True] * len(dataset)
     for name in columns.text_columns:
         for row, text in enumerate(dataset[name]):
-            text = text.strip() if isinstance(text, str) else ""
-            if not text:
+            if not has_text(text):
                 row_has_text[row] = False
                 row_text_indices[name].append(-1)
                 continue
-            row_text_indices[name].append(text_index.setdefault(text, len(text_index)))
+            row_text_indices[name].append(text_index.setdefault(text.strip(), len(text_index)))
     return list(text_index), row_text_indices, row_has_text
 
 
 def _distinct_images(dataset, columns: TripletColumns) -> tuple[list, list[int]]:
     """The distinct image cells, read undecoded so that identical bytes (or paths) are recognised without decoding,
-    and each row's index into them."""
-    from datasets import Image as ImageFeature
-
-    if isinstance(dataset.features.get(columns.image), ImageFeature):
-        raw_images = dataset.cast_column(columns.image, ImageFeature(decode=False))[columns.image]
-    else:
-        raw_images = dataset[columns.image]
+    and each row's index into them (-1 for a missing image: a null cell)."""
     image_index: dict[str, int] = {}
     distinct_images = []
     row_image_indices = []
-    for value in raw_images:
+    for value in undecoded_images(dataset, columns.image)[columns.image]:
         identity = image_identity(value)
+        if identity is None:
+            row_image_indices.append(-1)
+            continue
         if identity not in image_index:
             image_index[identity] = len(distinct_images)
             distinct_images.append(value)
@@ -177,14 +205,17 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
         text_chunks = encode_in_chunks("texts", texts, text_batch_encoder(model, processor), folder, batch_size,
                                        chunk_size, show_progress)
 
-    # a row is kept when its three texts are non-empty and its image could be decoded
-    skipped = {"empty_text": row_has_text.count(False), "unreadable_image": 0}
-    keep = torch.tensor(row_has_text, dtype=torch.bool)
+    # a row is kept when it has an image, its three texts are non-empty and its image could be decoded
     image_of_row = torch.tensor(row_image_indices, dtype=torch.long)
+    has_image = image_of_row >= 0
+    has_texts = torch.tensor(row_has_text, dtype=torch.bool)
+    decoded = torch.zeros(len(dataset), dtype=torch.bool)
     if image_chunks:
         readable = torch.cat([load_file(str(folder / name))["readable"] for name in image_chunks])
-        skipped["unreadable_image"] = int((keep & ~readable[image_of_row]).sum())
-        keep &= readable[image_of_row]
+        decoded[has_image] = readable[image_of_row[has_image]]
+    skipped = {"missing_image": int((~has_image).sum()), "empty_text": int((has_image & ~has_texts).sum()),
+               "unreadable_image": int((has_image & has_texts & ~decoded).sum())}
+    keep = has_image & has_texts & decoded
     rows = {"image": image_of_row[keep], "dataset_row": torch.arange(len(dataset))[keep]}
     for name, column in (("modification", columns.modification), ("modified_caption", columns.modified_caption),
                          ("caption", columns.caption)):
@@ -204,7 +235,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
     })
     if any(skipped.values()):
         logger.warning("Embedding cache: skipped %s of %d rows (%s)", sum(skipped.values()), len(dataset),
-                       ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in skipped.items() if count))
+                       describe_skipped(skipped))
     return EmbeddingCache.load(folder)
 
 

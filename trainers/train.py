@@ -31,11 +31,12 @@ from pathlib import Path
 
 import transformers
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 
 from scot_core import load_scot_or_backbone
-from trainers.embedding_cache import EmbeddingCache, TripletColumns
-from trainers.trainer import RawTripletCollator, ScotTrainer
+from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
+from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
+from trainers.trainer import RawTripletCollator, ScotTrainer, select_trainable_rows
 from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
 __all__ = ["DataArguments", "ModelArguments", "ScotTrainingArguments", "build_trainer", "finish_training", "main",
@@ -120,20 +121,24 @@ def configure_logging(training_args: ScotTrainingArguments) -> None:
 
 
 def checkpoint_to_resume(training_args: ScotTrainingArguments) -> str | None:
-    """`resume_from_checkpoint` when given; else the last `checkpoint-*` in `output_dir` (a rerun of the same
-    command continues where it stopped), unless `overwrite_output_dir`."""
+    """`resume_from_checkpoint` when given (refused, naming the problem, when it is incomplete); else the last
+    complete `checkpoint-*` in `output_dir` (a rerun of the same command continues where it stopped; incomplete ones,
+    from a save that ran out of disk or was killed, are skipped with a warning), unless `overwrite_output_dir`."""
     if training_args.resume_from_checkpoint:
+        problem = checkpoint_problem(training_args.resume_from_checkpoint)
+        if problem is not None:
+            raise ValueError(f"Cannot resume from {training_args.resume_from_checkpoint!r}: {problem}.")
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    last = last_complete_checkpoint(output_dir)
     if last is None:
         return None
     if training_args.overwrite_output_dir:
         logger.warning("overwrite_output_dir: starting at step 0; the checkpoints already in %s stay until the new "
                        "run's checkpoints replace or rotate them.", output_dir)
         return None
-    logger.info("Resuming from %s, the last checkpoint in %s (pass --overwrite_output_dir to start over).", last,
-                output_dir)
+    logger.info("Resuming from %s, the last complete checkpoint in %s (pass --overwrite_output_dir to start over).",
+                last, output_dir)
     return last
 
 
@@ -159,14 +164,37 @@ def load_triplets(dataset_name: str, data_args: DataArguments, seed: int):
     return train, None
 
 
-def _cached_dataset(model, processor, rows, columns: TripletColumns, data_args: DataArguments):
+def require_rows(kept: int, skipped: dict[str, int], what: str) -> None:
+    """A clear error, with the counts by reason, when every row of `what` was skipped (instead of torch's
+    `num_samples=0` from the sampler)."""
+    if kept:
+        return
+    total = sum(skipped.values())
+    if not total:
+        raise ValueError(f"{what} has no rows to train on.")
+    raise ValueError(f"{what} has no row to train on: all {total} rows were skipped ({describe_skipped(skipped)}). "
+                     "Check the image and text columns (image_column, caption_column, modification_column, "
+                     "modified_caption_column).")
+
+
+def _cached_dataset(model, processor, rows, columns: TripletColumns, data_args: DataArguments, what: str):
     cache = EmbeddingCache.build_or_load(model, processor, rows, columns, cache_dir=data_args.embedding_cache_dir,
                                          batch_size=data_args.encode_batch_size)
-    skipped = {reason: count for reason, count in cache.skipped.items() if count}
+    skipped = describe_skipped(cache.skipped)
     logger.info("embedding cache %s: %d rows, %d distinct images, %d distinct texts%s", cache.folder, len(cache),
                 cache.manifest["num_distinct_images"], cache.manifest["num_distinct_texts"],
                 f", skipped {skipped}" if skipped else "")
+    require_rows(len(cache), cache.skipped, what)
     return cache.as_dataset()
+
+
+def _raw_dataset(rows, columns: TripletColumns, what: str):
+    rows, skipped = select_trainable_rows(rows, columns)
+    if any(skipped.values()):
+        logger.warning("%s: skipped %d rows before training (%s)", what, sum(skipped.values()),
+                       describe_skipped(skipped))
+    require_rows(len(rows), skipped, what)
+    return rows
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, training_args: ScotTrainingArguments,
@@ -184,6 +212,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
                              modified_caption=data_args.modified_caption_column)
     train_rows, eval_rows = load_triplets(training_args.dataset_name, data_args, training_args.seed)
     columns.check(train_rows)
+    train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
+    eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
+                 else f"The held-out part of {training_args.dataset_name}")
 
     if data_args.use_embedding_cache:
         if not model.config.freeze_encoder:
@@ -194,12 +225,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
                              "on cached text embeddings: set use_embedding_cache false.")
         # the main process encodes; the others then find the finished cache entry on disk
         with training_args.main_process_first(desc="embedding cache"):
-            train_dataset = _cached_dataset(model, processor, train_rows, columns, data_args)
-            eval_dataset = (_cached_dataset(model, processor, eval_rows, columns, data_args)
+            train_dataset = _cached_dataset(model, processor, train_rows, columns, data_args, train_name)
+            eval_dataset = (_cached_dataset(model, processor, eval_rows, columns, data_args, eval_name)
                             if eval_rows is not None else None)
         data_collator = None  # rows are tensors already: the default collator stacks them
     else:
-        train_dataset, eval_dataset = train_rows, eval_rows
+        train_dataset = _raw_dataset(train_rows, columns, train_name)
+        eval_dataset = _raw_dataset(eval_rows, columns, eval_name) if eval_rows is not None else None
         data_collator = RawTripletCollator(processor, columns)
 
     return ScotTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -257,8 +289,9 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     if trainer.is_world_process_zero():
         save_loss_curve(trainer.state.log_history, output_dir)
         collator = trainer.data_collator
-        if isinstance(collator, RawTripletCollator) and collator.skipped:
-            logger.warning("skipped %d rows with an unreadable image or an empty text", collator.skipped)
+        if isinstance(collator, RawTripletCollator) and any(collator.skipped.values()):
+            logger.warning("skipped %s rows while training (counted each time they came up)",
+                           describe_skipped(collator.skipped))
         logger.info("trained model, processor and loss curve in %s", output_dir)
     return {"train": train_metrics, "eval": eval_metrics}
 

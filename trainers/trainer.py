@@ -12,18 +12,25 @@ forward, not the method, so that DDP's gradient hooks see the call.
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import EvalPrediction
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, rotate_checkpoints
 
 from modeling_scot import compute_scot_loss
-from scot_core import try_load_image
+from scot_core import atomic_write_text, try_load_image
+from scot_core.encoding import is_missing_image
 
-from .embedding_cache import TripletColumns
+from .checkpoints import TRAINER_STATE_NAME, publish_checkpoint, staging_folder
+from .embedding_cache import SKIP_REASONS, TripletColumns, describe_skipped, has_text, undecoded_images
 from .training_args import ScotTrainingArguments
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +74,68 @@ def gathered_scot_loss(config, composed_embeds, modified_caption_embeds, caption
     )
 
 
+def _skip_reason_before_decoding(image_cell, texts) -> str | None:
+    """Why a triplet row cannot be trained on, from the checks that need no decoding (`SKIP_REASONS` order)."""
+    if is_missing_image(image_cell):
+        return "missing_image"
+    if not all(has_text(text) for text in texts):
+        return "empty_text"
+    return None
+
+
+def select_trainable_rows(dataset: "Dataset",
+                          columns: TripletColumns | None = None) -> tuple["Dataset", dict[str, int]]:
+    """For raw training: (`dataset` with its Image column undecoded and without the rows that have a missing image
+    or an empty text, the counts of those rows by reason). Unreadable images are found, and skipped, only when
+    `RawTripletCollator` decodes them."""
+    columns = columns or TripletColumns()
+    dataset = undecoded_images(dataset, columns.image)
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    kept, offset = [], 0
+    for batch in dataset.select_columns([columns.image, *columns.text_columns]).iter(batch_size=1024):
+        for position, cell in enumerate(batch[columns.image]):
+            reason = _skip_reason_before_decoding(cell, [batch[name][position] for name in columns.text_columns])
+            if reason is None:
+                kept.append(offset + position)
+            else:
+                skipped[reason] += 1
+        offset += len(batch[columns.image])
+    return (dataset.select(kept) if len(kept) < len(dataset) else dataset), skipped
+
+
 class RawTripletCollator:
     """Collate raw triplet rows for training without the embedding cache: reference images and modification texts
-    for the model, modified captions and captions tokenised for the target / negative embeddings. Rows with an
-    unreadable image or an empty text are dropped and counted in `self.skipped`."""
+    for the model, modified captions and captions tokenised for the target / negative embeddings. Images are decoded
+    here, by `scot_core.load_image` (give the dataset's Image column `decode=False`, as `build_trainer` does, so that
+    a damaged image reaches this collator instead of failing inside the dataset). Rows with a missing image, an empty
+    text or an unreadable image are dropped and counted by reason in `self.skipped` (per process, per pass)."""
 
     def __init__(self, processor, columns: TripletColumns | None = None):
         self.processor = processor
         self.columns = columns or TripletColumns()
-        self.skipped = 0
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         columns = self.columns
         kept = []
+        skipped = dict.fromkeys(SKIP_REASONS, 0)
         for row in rows:
-            texts = [row.get(name) for name in columns.text_columns]
-            image = try_load_image(row.get(columns.image))
-            if image is None or not all(isinstance(t, str) and t.strip() for t in texts):
-                self.skipped += 1
+            cell, texts = row.get(columns.image), [row.get(name) for name in columns.text_columns]
+            reason = _skip_reason_before_decoding(cell, texts)
+            image = try_load_image(cell) if reason is None else None
+            if reason is None and image is None:
+                reason = "unreadable_image"
+            if reason is not None:
+                skipped[reason] += 1
                 continue
             kept.append((image, *texts))
+        for reason, count in skipped.items():
+            self.skipped[reason] += count
         if not kept:
-            raise ValueError("Every row of this batch has an unreadable image or an empty text.")
+            raise ValueError(f"No row of this batch of {len(rows)} can be trained on ({describe_skipped(skipped)}). "
+                             "Rows with a missing image or an empty text are dropped before training by "
+                             "`select_trainable_rows`; unreadable images are only found when decoded: train with the "
+                             "embedding cache, which decodes each image once and skips them, or remove them.")
         images, modifications, modified_captions, captions = map(list, zip(*kept))
         batch = dict(self.processor(images=images, text=modifications, return_tensors="pt"))
         for prefix, texts in (("modified_caption", modified_captions), ("caption", captions)):
@@ -134,6 +181,7 @@ class ScotTrainer(Trainer):
         kwargs.setdefault("compute_metrics", composed_to_caption_recall)
         super().__init__(model, args, *trainer_args, **kwargs)
         self._prepared_benchmark = None
+        self._staging_dir: str | None = None  # set while a checkpoint is saved: see `_save_checkpoint`
 
     @property
     def cir_benchmark_settings(self) -> dict | None:
@@ -186,8 +234,56 @@ class ScotTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             Path(output_dir, "training_args.bin").unlink(missing_ok=True)
-            Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
+            atomic_write_text(Path(output_dir, "training_args.json"), self.args.to_json_string())
             self.write_model_card(output_dir)
+
+    # -- checkpoints: complete or absent (trainers.checkpoints) ------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        # While `_save_checkpoint` runs, Trainer's run folder is the staging folder, so that Trainer's own save (every
+        # file, on every process) lands in `incomplete-checkpoint-N/checkpoint-N` instead of `checkpoint-N`.
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, staged: written under `incomplete-checkpoint-N/`, then, once every process has
+        written its part, synced and renamed to `checkpoint-N`. A save that fails (a full disk) or is killed leaves
+        no `checkpoint-N`, only the staging folder, which resume skips with a warning and the next save of the same
+        step replaces. The best-model record, the rotation of old checkpoints and the hub push then use the
+        published folder."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = staging_folder(run_dir, self.state.global_step), run_dir / name
+        staged = staging / name
+        with self.args.main_process_first(local=False, desc="clearing an interrupted save of this step"):
+            if self.args.local_process_index == 0 and staging.exists():  # one per node; on a shared disk, the first
+                shutil.rmtree(staging)  # a leftover of this trainer's own interrupted save of this step (its name)
+        self._staging_dir = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        if self.args.should_save and not staged.is_dir():
+            raise RuntimeError(f"Trainer._save_checkpoint did not write into {staged} (_get_output_dir): this "
+                               "transformers version saves checkpoints differently; the checkpoint is not staged.")
+        if self.state.best_model_checkpoint is not None and Path(self.state.best_model_checkpoint) == staged:
+            # Trainer recorded where it wrote the best model: the published name is meant
+            self.state.best_model_checkpoint = str(final)
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, shards)
+        with self.args.main_process_first(local=False, desc="publishing the checkpoint"):
+            if self.args.local_process_index == 0 and staged.is_dir():  # on a shared disk, only the first publishes
+                publish_checkpoint(staged, final)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(final))
+        if self.args.should_save:  # Trainer rotated the staging folder, which holds one checkpoint: rotate here
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_dir is not None:
+            return  # pushed once published: the upload runs in the background and must not read a folder renamed
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def write_model_card(self, output_dir: str | None = None) -> bool:
         """`create_model_card` that warns instead of raising: a card problem must never cost a checkpoint or the end

@@ -295,7 +295,7 @@ def test_cache_encodes_each_distinct_item_once_and_is_reused(workspace, tmp_path
     rows = triplet_rows()
     distinct_texts = {t for row in rows for t in (row["caption"], row["modification"], row["modified_caption"])}
     assert cache.manifest["num_distinct_images"] == 16 and cache.manifest["num_distinct_texts"] == len(distinct_texts)
-    assert len(cache) == 64 and cache.skipped == {"empty_text": 0, "unreadable_image": 0}
+    assert len(cache) == 64 and cache.skipped == {"missing_image": 0, "empty_text": 0, "unreadable_image": 0}
 
     item = cache.as_dataset()[5]
     with torch.no_grad():
@@ -339,28 +339,70 @@ def test_interrupted_cache_resumes_from_its_chunks(workspace, tmp_path):
     torch.testing.assert_close(resumed.text_embeds, complete.text_embeds, atol=0, rtol=0)
 
 
-def test_bad_rows_are_skipped_and_counted(workspace, tmp_path):
+def _png_cell(image) -> dict:
     import io
 
-    from datasets import Dataset, Features, Value
-    from datasets import Image as ImageFeature
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    return {"bytes": png.getvalue(), "path": None}
 
-    rows = []
-    for row in triplet_rows()[:8]:
-        png = io.BytesIO()
-        row["image"].save(png, format="PNG")
-        rows.append({**row, "image": {"bytes": png.getvalue(), "path": None}})
+
+def _rows_with_bad_ones(count: int = 8) -> list[dict]:
+    """`count` triplet rows as Image cells; row 1 and 2 have an empty text, row 4 an unreadable image, row 6 a null
+    image cell (None)."""
+    rows = [{**row, "image": _png_cell(row["image"])} for row in triplet_rows()[:count]]
     rows[1]["modification"] = "   "
     rows[2]["modified_caption"] = ""
     rows[4]["image"] = {"bytes": b"not an image", "path": None}
+    rows[6]["image"] = None
+    return rows
+
+
+def test_bad_rows_are_skipped_and_counted(workspace, tmp_path):
+    # Issue 12, item 8: a null image cell is skipped and counted ("missing_image"), not a crash in image_identity
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
     features = Features({"image": ImageFeature(), "caption": Value("string"), "modification": Value("string"),
                          "modified_caption": Value("string")})
-    dataset = Dataset.from_list(rows, features=features)
+    dataset = Dataset.from_list(_rows_with_bad_ones(), features=features)
     model = ScotModel.from_backbone(workspace["clip"])
     cache = EmbeddingCache.build_or_load(model, ScotProcessor.from_backbone(workspace["clip"]), dataset,
                                          cache_dir=tmp_path / "cache", show_progress=False)
-    assert cache.skipped == {"empty_text": 2, "unreadable_image": 1}
-    assert len(cache) == 5 and cache.row_indices["dataset_row"].tolist() == [0, 3, 5, 6, 7]
+    assert cache.skipped == {"missing_image": 1, "empty_text": 2, "unreadable_image": 1}
+    assert len(cache) == 4 and cache.row_indices["dataset_row"].tolist() == [0, 3, 5, 7]
+
+
+def test_raw_training_skips_and_counts_bad_rows(workspace, tmp_path, caplog):
+    # Issue 12, item 8, without the cache: rows with a missing image or an empty text are dropped before training,
+    # the unreadable image when the collator decodes it; all counted by reason, none fatal
+    data = save_triplet_dataset(tmp_path / "data", _rows_with_bad_ones(16))
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "raw", tmp_path / "cache", max_steps=2)
+    training_args.dataset_name = str(data)
+    data_args.use_embedding_cache = False
+    with caplog.at_level("WARNING", logger="trainers"):
+        trainer = build_trainer(model_args, data_args, training_args)
+    assert len(trainer.train_dataset) == 13  # 16 rows - 1 missing image - 2 empty texts
+    assert "skipped 3 rows before training (1 missing_image, 2 empty_text)" in caplog.text
+    trainer.train()  # one epoch of 13 rows in batches of 8: every kept row is collated once
+    assert trainer.data_collator.skipped == {"missing_image": 0, "empty_text": 0, "unreadable_image": 1}
+
+
+@pytest.mark.parametrize("use_embedding_cache", [True, False])
+def test_a_dataset_whose_every_row_is_skipped_is_refused_with_the_counts(workspace, tmp_path, use_embedding_cache):
+    # Issue 12, item 8: not torch's "num_samples=0" from the sampler, but the counts by reason
+    rows = [{**row, "image": _png_cell(row["image"])} for row in triplet_rows()[:8]]
+    for row in rows[:6]:
+        row["image"] = None
+    for row in rows[6:]:
+        row["caption"] = ""
+    data = save_triplet_dataset(tmp_path / "data", rows)
+    model_args, data_args, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache")
+    training_args.dataset_name = str(data)
+    data_args.use_embedding_cache = use_embedding_cache
+    with pytest.raises(ValueError, match=r"The 'train' split of .*data has no row to train on: all 8 rows were "
+                                         r"skipped \(6 missing_image, 2 empty_text\)"):
+        build_trainer(model_args, data_args, training_args)
 
 
 def test_missing_column_error_lists_expected_and_found(workspace, tmp_path):
