@@ -124,8 +124,8 @@ class EmbeddingCache:
         """Rows not kept, by reason (`SKIP_REASONS`)."""
         return {reason: self.manifest["skipped"].get(reason, 0) for reason in SKIP_REASONS}
 
-    def as_dataset(self) -> "CachedTripletDataset":
-        return CachedTripletDataset(self)
+    def as_dataset(self, target: str = "text", target_gallery: torch.Tensor | None = None) -> "CachedTripletDataset":
+        return CachedTripletDataset(self, target, target_gallery)
 
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingCache":
@@ -239,20 +239,57 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
     return EmbeddingCache.load(folder)
 
 
-class CachedTripletDataset(torch.utils.data.Dataset):
-    """Rows of an `EmbeddingCache` as the keyword arguments `ScotModel.forward` takes."""
+# What a composed query is trained towards: the modified caption's text embedding (SCOT), or the training image
+# nearest to it (the paper's Table 3 comparison, "retrieved image supervision").
+TARGETS = ("text", "retrieved_image")
+# A gallery image this close to the reference is the reference itself (or a byte-different copy): never its target.
+SAME_IMAGE_COSINE = 0.9999
 
-    def __init__(self, cache: EmbeddingCache):
+
+def retrieved_image_targets(modified_caption_embeds: torch.Tensor, reference_embeds: torch.Tensor,
+                            gallery_embeds: torch.Tensor, block_size: int = 4096) -> torch.Tensor:
+    """`[R]` indices into `gallery_embeds` `[G, d]`: for each row, the gallery image nearest (cosine) to its modified
+    caption's text embedding, leaving out the row's reference image and its copies. All inputs L2-normalised."""
+    if len(gallery_embeds) < 2:
+        raise ValueError("Retrieved-image targets need a gallery of at least two training images.")
+    targets = torch.empty(len(modified_caption_embeds), dtype=torch.long)
+    gallery = gallery_embeds.float()
+    for start in range(0, len(modified_caption_embeds), block_size):
+        stop = start + block_size
+        scores = modified_caption_embeds[start:stop].float() @ gallery.T
+        is_reference = reference_embeds[start:stop].float() @ gallery.T > SAME_IMAGE_COSINE
+        targets[start:stop] = scores.masked_fill(is_reference, float("-inf")).argmax(dim=1)
+    return targets
+
+
+class CachedTripletDataset(torch.utils.data.Dataset):
+    """Rows of an `EmbeddingCache` as the keyword arguments `ScotModel.forward` takes.
+
+    With `target="retrieved_image"`, `modified_caption_embeds` holds instead the embedding of the image of
+    `target_gallery` (default: this cache's own images; for a held-out slice, pass the training cache's) nearest to
+    the modified caption, excluding the reference (`retrieved_image_targets`)."""
+
+    def __init__(self, cache: EmbeddingCache, target: str = "text", target_gallery: torch.Tensor | None = None):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
         self.cache = cache
+        self.target_embeds = None
+        if target == "retrieved_image":
+            rows = cache.row_indices
+            gallery = cache.image_embeds if target_gallery is None else target_gallery
+            chosen = retrieved_image_targets(cache.text_embeds[rows["modified_caption"]],
+                                             cache.image_embeds[rows["image"]], gallery)
+            self.target_embeds = gallery[chosen]
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rows, texts = self.cache.row_indices, self.cache.text_embeds
+        modified = texts[rows["modified_caption"][index]] if self.target_embeds is None else self.target_embeds[index]
         return {
             "image_embeds": self.cache.image_embeds[rows["image"][index]],
             "text_embeds": texts[rows["modification"][index]],
-            "modified_caption_embeds": texts[rows["modified_caption"][index]],
+            "modified_caption_embeds": modified,
             "caption_embeds": texts[rows["caption"][index]],
         }

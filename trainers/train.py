@@ -177,7 +177,8 @@ def require_rows(kept: int, skipped: dict[str, int], what: str) -> None:
                      "modified_caption_column).")
 
 
-def _cached_dataset(model, processor, rows, columns: TripletColumns, data_args: DataArguments, what: str):
+def _cached_rows(model, processor, rows, columns: TripletColumns, data_args: DataArguments,
+                 what: str) -> EmbeddingCache:
     cache = EmbeddingCache.build_or_load(model, processor, rows, columns, cache_dir=data_args.embedding_cache_dir,
                                          batch_size=data_args.encode_batch_size)
     skipped = describe_skipped(cache.skipped)
@@ -185,7 +186,7 @@ def _cached_dataset(model, processor, rows, columns: TripletColumns, data_args: 
                 cache.manifest["num_distinct_images"], cache.manifest["num_distinct_texts"],
                 f", skipped {skipped}" if skipped else "")
     require_rows(len(cache), cache.skipped, what)
-    return cache.as_dataset()
+    return cache
 
 
 def _raw_dataset(rows, columns: TripletColumns, what: str):
@@ -225,11 +226,18 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
                              "on cached text embeddings: set use_embedding_cache false.")
         # the main process encodes; the others then find the finished cache entry on disk
         with training_args.main_process_first(desc="embedding cache"):
-            train_dataset = _cached_dataset(model, processor, train_rows, columns, data_args, train_name)
-            eval_dataset = (_cached_dataset(model, processor, eval_rows, columns, data_args, eval_name)
-                            if eval_rows is not None else None)
+            train_cache = _cached_rows(model, processor, train_rows, columns, data_args, train_name)
+            eval_cache = (_cached_rows(model, processor, eval_rows, columns, data_args, eval_name)
+                          if eval_rows is not None else None)
+        # retrieved-image targets of both splits come from the training images, as a user's gallery would
+        train_dataset = train_cache.as_dataset(data_args.target)
+        eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache.image_embeds)
+                        if eval_cache is not None else None)
         data_collator = None  # rows are tensors already: the default collator stacks them
     else:
+        if data_args.target != "text":
+            raise ValueError(f"target {data_args.target!r} needs the embedding cache (use_embedding_cache true): "
+                             "the nearest training image is found among the cached image embeddings.")
         train_dataset = _raw_dataset(train_rows, columns, train_name)
         eval_dataset = _raw_dataset(eval_rows, columns, eval_name) if eval_rows is not None else None
         data_collator = RawTripletCollator(processor, columns)

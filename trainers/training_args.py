@@ -86,6 +86,16 @@ class DataArguments:
     use_embedding_cache: bool = field(default=True, metadata={"help": "Encode once and train on cached vectors."})
     embedding_cache_dir: str = field(default="~/.cache/scot/embeddings", metadata={"help": "Where the cache lives."})
     encode_batch_size: int = field(default=64, metadata={"help": "Batch size when building the cache."})
+    target: str = field(default="text", metadata={
+        "help": "What the composed query is trained towards: 'text', the modified caption's text embedding (SCOT), "
+                "or 'retrieved_image', the training image nearest to it, the reference excluded (the paper's "
+                "Table 3 comparison; needs the embedding cache)."})
+
+    def __post_init__(self):
+        from trainers.embedding_cache import TARGETS
+
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
 
 
 @dataclass

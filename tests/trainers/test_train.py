@@ -3,6 +3,7 @@ flags, exact resume (explicit, and by rerunning the same command), the arguments
 the 2-process gathered loss."""
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -462,3 +463,18 @@ def test_cir_benchmark_is_evaluated_during_training(workspace, tmp_path, cir_dat
     for key in ("eval_cirr_R@1", "eval_cirr_R@5", "eval_cirr_R@10", "eval_cirr_R@50", "eval_cirr_Rsubset@1"):
         assert 0.0 <= first[key] <= 100.0
         assert second[key] == first[key]  # prepared once, same model: same numbers
+
+
+def test_retrieved_image_targets_train_end_to_end(workspace, tmp_path):
+    model_args, _, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=4)
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"),
+                              target="retrieved_image")
+    trainer = build_trainer(model_args, data_args, training_args)
+    row = trainer.train_dataset[0]
+    cache = trainer.train_dataset.cache
+    # the target is one of the training images, not the modified caption's text embedding
+    assert (cache.image_embeds == row["modified_caption_embeds"]).all(dim=1).any()
+    assert not torch.equal(row["modified_caption_embeds"], row["image_embeds"])
+    assert math.isfinite(trainer.train().training_loss)
+    with pytest.raises(ValueError, match="needs the embedding cache"):
+        build_trainer(model_args, DataArguments(use_embedding_cache=False, target="retrieved_image"), training_args)

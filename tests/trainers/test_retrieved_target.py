@@ -1,0 +1,47 @@
+"""Retrieved-image supervision (the paper's Table 3 comparison): the target is the training image nearest to the
+modified caption, never the reference itself."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers.embedding_cache import CachedTripletDataset, EmbeddingCache, retrieved_image_targets
+from trainers.training_args import DataArguments
+
+
+def _unit(*values):
+    return F.normalize(torch.tensor(values, dtype=torch.float32), dim=-1)
+
+
+# Gallery in 3-d: a red hat, a blue hat, a blue shoe, and a byte-different copy of the red hat.
+RED_HAT, BLUE_HAT, BLUE_SHOE = _unit(1.0, 0.1, 0.0), _unit(0.2, 1.0, 0.1), _unit(0.0, 0.8, 1.0)
+GALLERY = torch.stack([RED_HAT, BLUE_HAT, BLUE_SHOE, RED_HAT.clone()])
+
+
+def test_the_nearest_image_to_the_modified_caption_is_chosen_and_the_reference_left_out():
+    # "a blue hat" (from the red hat) lies nearest the blue hat; "a red hat" from the blue hat lies nearest the red
+    # hat, itself and its copy; a caption nearest the reference falls back to the next image.
+    modified = torch.stack([_unit(0.25, 1.0, 0.05), _unit(1.0, 0.05, 0.0), _unit(1.0, 0.12, 0.0)])
+    references = torch.stack([RED_HAT, BLUE_HAT, RED_HAT])
+    assert retrieved_image_targets(modified, references, GALLERY).tolist() == [1, 0, 1]
+
+
+def test_a_gallery_of_one_image_is_refused():
+    with pytest.raises(ValueError, match="at least two"):
+        retrieved_image_targets(RED_HAT[None], RED_HAT[None], RED_HAT[None])
+
+
+def test_the_cached_dataset_swaps_in_the_retrieved_image():
+    text = torch.stack([_unit(0.25, 1.0, 0.05), _unit(0.0, 0.0, 1.0), _unit(1.0, 0.0, 0.0)])  # T_u, T_m, T
+    rows = {name: torch.tensor([index]) for name, index in
+            (("image", 0), ("modified_caption", 0), ("modification", 1), ("caption", 2))}
+    cache = EmbeddingCache(None, GALLERY, text, rows, {"skipped": {}})
+    by_text = CachedTripletDataset(cache)[0]
+    by_image = CachedTripletDataset(cache, target="retrieved_image")[0]
+    assert torch.equal(by_text["modified_caption_embeds"], text[0])
+    assert torch.equal(by_image["modified_caption_embeds"], BLUE_HAT)
+    assert all(torch.equal(by_text[key], by_image[key]) for key in ("image_embeds", "text_embeds", "caption_embeds"))
+    with pytest.raises(ValueError, match="target must be one of"):
+        CachedTripletDataset(cache, target="image")
+    with pytest.raises(ValueError, match="target must be one of"):
+        DataArguments(target="captions")
