@@ -229,15 +229,15 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
             train_cache = _cached_rows(model, processor, train_rows, columns, data_args, train_name)
             eval_cache = (_cached_rows(model, processor, eval_rows, columns, data_args, eval_name)
                           if eval_rows is not None else None)
-        # retrieved-image targets of both splits come from the training images, as a user's gallery would
+        # image-derived targets of both splits come from the training images, as a user's gallery would
         train_dataset = train_cache.as_dataset(data_args.target)
-        eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache.image_embeds)
+        eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache)
                         if eval_cache is not None else None)
         data_collator = None  # rows are tensors already: the default collator stacks them
     else:
         if data_args.target != "text":
             raise ValueError(f"target {data_args.target!r} needs the embedding cache (use_embedding_cache true): "
-                             "the nearest training image is found among the cached image embeddings.")
+                             "it is computed from the cached image embeddings.")
         train_dataset = _raw_dataset(train_rows, columns, train_name)
         eval_dataset = _raw_dataset(eval_rows, columns, eval_name) if eval_rows is not None else None
         data_collator = RawTripletCollator(processor, columns)

@@ -87,9 +87,10 @@ class DataArguments:
     embedding_cache_dir: str = field(default="~/.cache/scot/embeddings", metadata={"help": "Where the cache lives."})
     encode_batch_size: int = field(default=64, metadata={"help": "Batch size when building the cache."})
     target: str = field(default="text", metadata={
-        "help": "What the composed query is trained towards: 'text', the modified caption's text embedding (SCOT), "
-                "or 'retrieved_image', the training image nearest to it, the reference excluded (the paper's "
-                "Table 3 comparison; needs the embedding cache)."})
+        "help": "What the composed query is trained towards: 'text', the modified caption's text embedding (SCOT); "
+                "'text_gap', the same moved by the training set's mean image - mean text embedding (the modality "
+                "gap); or 'retrieved_image', the training image nearest to it, the reference excluded (the paper's "
+                "Table 3 comparison). The last two need the embedding cache."})
 
     def __post_init__(self):
         from trainers.embedding_cache import TARGETS

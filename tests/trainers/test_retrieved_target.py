@@ -45,3 +45,13 @@ def test_the_cached_dataset_swaps_in_the_retrieved_image():
         CachedTripletDataset(cache, target="image")
     with pytest.raises(ValueError, match="target must be one of"):
         DataArguments(target="captions")
+
+
+def test_the_gap_target_moves_the_caption_by_the_mean_image_minus_the_mean_text():
+    images = torch.stack([_unit(1.0, 0.0, 0.0), _unit(0.0, 1.0, 0.0)])  # mean (0.5, 0.5, 0)
+    text = torch.stack([_unit(0.0, 0.0, 1.0), _unit(0.0, 0.6, 0.8)])  # mean (0, 0.3, 0.9)
+    rows = {name: torch.tensor([0]) for name in ("image", "modified_caption", "modification", "caption")}
+    cache = EmbeddingCache(None, images, text, rows, {"skipped": {}})
+    moved = CachedTripletDataset(cache, target="text_gap")[0]["modified_caption_embeds"]
+    # (0, 0, 1) + (0.5, 0.2, -0.9) = (0.5, 0.2, 0.1), renormalised
+    torch.testing.assert_close(moved, _unit(0.5, 0.2, 0.1))
