@@ -372,8 +372,12 @@ class ScotModel(ScotPreTrainedModel):
     def _encoder_type(self) -> str:
         return self.config.encoder_config.model_type
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        r"""L2-normalised image embeddings V = f_θ(image), `[batch, embed_dim]`."""
+    def get_image_features(self, pixel_values: torch.Tensor, *, normalize: bool = True, **kwargs) -> torch.Tensor:
+        r"""L2-normalised image embeddings V = f_θ(image), `[batch, embed_dim]`.
+
+        With `normalize=False`, the projected features before that last normalisation (CLIP and dual encoders: the
+        visual projection's output; BLIP-2: the mean of the per-query ITC embeddings): what CLIP4Cir's
+        `element_wise_sum` baseline adds. Everything else in the package uses the normalised default."""
         if pixel_values is None or pixel_values.ndim != 4:
             raise ValueError(
                 "get_image_features expects pixel_values of shape [batch, channels, height, width] (from "
@@ -383,16 +387,19 @@ class ScotModel(ScotPreTrainedModel):
             image_embeds = self._blip2_image_features(pixel_values, **kwargs)
         else:
             image_embeds = self.encoder.get_image_features(pixel_values=pixel_values, **kwargs).pooler_output
-        return F.normalize(image_embeds, dim=-1)
+        return F.normalize(image_embeds, dim=-1) if normalize else image_embeds
 
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        *,
+        normalize: bool = True,
         **kwargs,
     ) -> torch.Tensor:
-        r"""L2-normalised text embeddings T = f_φ(text), `[batch, embed_dim]`."""
+        r"""L2-normalised text embeddings T = f_φ(text), `[batch, embed_dim]`; with `normalize=False`, the text
+        projection's output before that normalisation (see `get_image_features`)."""
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] == 0:
             raise ValueError(
                 "get_text_features expects input_ids of shape [batch >= 1, sequence] (from ScotProcessor(text=...)), "
@@ -408,7 +415,7 @@ class ScotModel(ScotPreTrainedModel):
             text_embeds = self.encoder.get_text_features(
                 input_ids=input_ids, attention_mask=attention_mask, **kwargs
             ).pooler_output
-        return F.normalize(text_embeds, dim=-1)
+        return F.normalize(text_embeds, dim=-1) if normalize else text_embeds
 
     def _blip2_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         # The image side of Blip2ForImageTextRetrieval's contrastive (ITC) path, pooled over the query tokens.

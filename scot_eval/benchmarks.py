@@ -86,7 +86,37 @@ def _read_json(path: Path, expected: type, what: str):
         raise ValueError(f"{path} is not valid JSON ({what}): {error}") from error
     if not isinstance(data, expected):
         raise ValueError(f"{path} ({what}) must hold a JSON {expected.__name__}, got {type(data).__name__}.")
+    _check_unicode(data, path)
     return data
+
+
+def _check_unicode(data, path: Path) -> None:
+    """Refuse text that is not valid Unicode: JSON's `\\ud800` escapes decode to lone surrogates, which no tokenizer,
+    file name or UTF-8 writer accepts (the tokenizer fails with an unrelated TypeError naming nothing)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # one pass over everything; only a failure is located
+    except UnicodeEncodeError:
+        where, text = _first_invalid_text(data)
+        raise ValueError(f"{path}: the text at {where} is not valid Unicode (a lone surrogate escape such as "
+                         f"\\ud800): {text!r}") from None
+
+
+def _first_invalid_text(data, where: str = "") -> tuple[str, str] | None:
+    """(location like `[3]['caption']`, text) of the first string in `data` that cannot be encoded as UTF-8."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "the top level", data
+        return None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        if isinstance(key, str) and _first_invalid_text(key):
+            return f"a key of {where or 'the top level'}", key
+        found = _first_invalid_text(value, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
 
 
 def _field(entry, key: str, types, path: Path, position: int, expected: str):
@@ -308,10 +338,32 @@ def unreadable_images(paths, show_progress: bool = True) -> list[Path]:
             if try_load_image(path) is None]
 
 
+SKIP_REASONS = ("reference image missing or unreadable", "target image missing, unreadable or not in the gallery")
+
+
+def is_submission_split(task: RetrievalTask) -> bool:
+    """Whether the task's split has no public targets, so that it is ranked for a submission file; the servers want
+    every query in it (CIRCO's asserts it), so none is skipped for a missing reference image."""
+    return not any(query.target is not None for query in task.queries)
+
+
+def skip_reason(query: CIRQuery, reference_usable: bool, target_in_gallery: bool,
+                submission_split: bool) -> str | None:
+    """Why evaluation skips `query` (one of `SKIP_REASONS`), or None when it is evaluated. On a submission split a
+    query without its reference image is ranked by its text alone instead; a CIRCO query is scored against all its
+    ground truths (its target among them), so a missing target does not skip it."""
+    if not reference_usable and not submission_split:
+        return SKIP_REASONS[0]
+    if query.ground_truth is None and query.target is not None and not target_in_gallery:
+        return SKIP_REASONS[1]
+    return None
+
+
 def affected_queries(task: RetrievalTask, unusable: set[str]) -> int:
-    """How many of the task's queries evaluation must skip because their reference or target image is unusable."""
-    return sum(query.reference in unusable or (query.target is not None and query.target in unusable)
-               for query in task.queries)
+    """How many of the task's queries evaluation must skip because an image they need is unusable (`skip_reason`)."""
+    submission_split = is_submission_split(task)
+    return sum(skip_reason(query, query.reference not in unusable, query.target not in unusable, submission_split)
+               is not None for query in task.queries)
 
 
 def check_benchmark(benchmark: str, data_dir, splits=None, read_images: bool = True,
@@ -369,12 +421,15 @@ __all__ = [
     "CIRQuery",
     "FASHIONIQ_CATEGORIES",
     "RetrievalTask",
+    "SKIP_REASONS",
     "SPLITS",
     "check_benchmark",
     "format_check_report",
+    "is_submission_split",
     "load_benchmark",
     "load_circo",
     "load_cirr",
     "load_fashioniq",
+    "skip_reason",
     "unreadable_images",
 ]

@@ -1,7 +1,7 @@
 """Evaluate a SCOT model (or a baseline on its encoder) on FashionIQ, CIRR or CIRCO, as the papers report them.
 
     scot-evaluate --model MODEL --benchmark {fashioniq,cirr,circo} --data_dir DIR [--split val]
-        [--method {scot,image,text,sum}] [--fashioniq_captions {clip4cir,searle}] [--output_dir DIR]
+        [--method {scot,image,text,sum,raw_sum}] [--fashioniq_captions {clip4cir,searle}] [--output_dir DIR]
         [--update_model_card]
     scot-evaluate check --benchmark cirr --data_dir DIR [--split val] [--no_read_images]
 
@@ -9,7 +9,8 @@
 a bare CLIP / BLIP-2 / dual-encoder one (then `scot` uses an untrained Combiner; the baselines need no Combiner), as
 a folder or a hub id. Methods, all scored by cosine against the gallery's image embeddings: `scot` = the model's
 composed query; `image` = the reference image embedding; `text` = the modification text embedding;
-`sum` = normalize(image + text).
+`sum` = normalize(normalize(image) + normalize(text)); `raw_sum` = normalize(image + text) of the projected features
+before normalisation (CLIP4Cir's `element_wise_sum`).
 
 The command prints the paper-style table and writes `metrics.json` to `--output_dir`; on a test split (no public
 targets) it writes the submission files instead: CIRR `cirr_test1_recall.json` / `cirr_test1_recall_subset.json`,
@@ -18,6 +19,10 @@ model-index and Results section of the SCOT folder's README.md. Image and text e
 encoder, so they are computed once per model and split and cached as safetensors under `--cache_dir`.
 
 `check` verifies a benchmark folder without a model: the JSON files and their schema, missing and unreadable images.
+
+Errors in the input (a damaged model or benchmark file, a folder that is not a model this package loads, a full
+disk) are one line on stderr and exit status 2, never a traceback. Models load with `trust_remote_code=False`: a
+folder whose code would have to run is refused, never run and never asked about.
 """
 
 from __future__ import annotations
@@ -76,13 +81,18 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def load_model(name_or_path, device: str | None = None):
-    """`(model, processor, is_trained)` of `--model` (`scot_core.load_scot_or_backbone`), on `device` (default: cuda
-    when available)."""
+    """`(model, processor, is_trained)` of `--model` (`scot_core.load_scot_or_backbone`, which never runs a folder's
+    code: `trust_remote_code=False`), on `device` (default: cuda when available)."""
     import torch
+    from safetensors import SafetensorError
 
     from scot_core import load_scot_or_backbone
 
-    return load_scot_or_backbone(name_or_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return load_scot_or_backbone(name_or_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except SafetensorError as error:  # safetensors' own message names no file
+        raise ValueError(f"{name_or_path}: its weights are not a readable safetensors file (a truncated or damaged "
+                         f"download?): {error}") from None
 
 
 def record_in_model_card(folder, result: EvaluationResult) -> bool:
@@ -90,8 +100,8 @@ def record_in_model_card(folder, result: EvaluationResult) -> bool:
 
     Opt-in (`--update_model_card`), never the default: the folder evaluated may be someone else's download, and an
     evaluation should not edit its input unasked. Only the model's own numbers are recorded, as the model-index the
-    Hub shows: method `scot` on a split with public targets. A baseline (`image`, `text`, `sum`) measures the encoder,
-    and a test split gives submission files, not metrics; both leave the card alone."""
+    Hub shows: method `scot` on a split with public targets. A baseline (`image`, `text`, `sum`, `raw_sum`) measures
+    the encoder, and a test split gives submission files, not metrics; both leave the card alone."""
     from hub_cards import update_model_card
 
     if result.method != "scot" or not result.metric_values:
@@ -111,6 +121,10 @@ def run_evaluation(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("--model is required to evaluate (the `check` command needs none)")
     if args.update_model_card and not Path(args.model).is_dir():
         parser.error(f"--update_model_card: {args.model} is not a local folder whose model card could be updated")
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar too
     model, processor, trained = load_model(args.model, args.device)
     if args.update_model_card and not trained:
         parser.error(f"--update_model_card: {args.model} is a bare encoder, not a saved SCOT model with a card")
@@ -133,13 +147,26 @@ def run_evaluation(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (transformers' and safetensors' messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from safetensors import SafetensorError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.command == "check":
-        return run_check(args)
-    return run_evaluation(parser, args)
+    try:
+        if args.command == "check":
+            return run_check(args)
+        return run_evaluation(parser, args)
+    # Bad input (malformed or non-Unicode JSON, a model folder this package cannot load, damaged weights) and a
+    # full disk: what the user must fix, said in one line. Anything else is a bug and keeps its traceback.
+    except (ValueError, OSError, SafetensorError) as error:
+        print(f"{parser.prog}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

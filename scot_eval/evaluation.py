@@ -60,7 +60,9 @@ def evaluate_prepared(model, prepared_tasks: list[PreparedTask], method: str = "
     with eval_mode(model):
         for prepared in prepared_tasks:
             queries = query_embeddings(model, prepared.reference_embeds, prepared.text_embeds, method,
-                                       query_texts=prepared.query_texts, processor=processor)
+                                       query_texts=prepared.query_texts, processor=processor,
+                                       reference_norms=prepared.reference_norms, text_norms=prepared.text_norms,
+                                       reference_available=prepared.reference_available)
             with torch.inference_mode():
                 scores = similarity_scores(queries, prepared.gallery_embeds, device)
             metric_values, submission = protocol.evaluate_task(prepared, scores)

@@ -52,7 +52,9 @@ def _count_per_row(block: torch.Tensor, compare, values: torch.Tensor) -> torch.
     return torch_compare(block, values[:, None]).sum(dim=1)
 
 
-def _as_indices(values, name: str, num_queries: int, gallery_size: int, device) -> torch.Tensor:
+def _as_indices(values, name: str, num_queries: int, gallery_size: int, device,
+                allow_none: bool = False) -> torch.Tensor:
+    """One gallery index per query as a long tensor; with `allow_none`, -1 too (no such image for that query)."""
     tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
     if tensor.ndim != 1 or tensor.shape[0] != num_queries:
         raise ValueError(f"{name} must hold one gallery index per query "
@@ -60,8 +62,9 @@ def _as_indices(values, name: str, num_queries: int, gallery_size: int, device) 
     if tensor.is_floating_point() or tensor.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer gallery indices, got dtype {tensor.dtype}.")
     tensor = tensor.long()
-    if num_queries and (tensor.min() < 0 or tensor.max() >= gallery_size):
-        bad = int(((tensor < 0) | (tensor >= gallery_size)).nonzero()[0])
+    lowest = -1 if allow_none else 0
+    if num_queries and (tensor.min() < lowest or tensor.max() >= gallery_size):
+        bad = int(((tensor < lowest) | (tensor >= gallery_size)).nonzero()[0])
         raise ValueError(f"{name}[{bad}] = {int(tensor[bad])} is not a gallery index (gallery size {gallery_size}).")
     return tensor.to(device)
 
@@ -96,11 +99,14 @@ def _query_blocks(num_queries: int, gallery_size: int, block_size: int | None):
 
 
 def _exclude(block: torch.Tensor, exclude_index: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
-    """The block with each query's excluded gallery item scored -inf (a copy; the caller's scores are untouched)."""
+    """The block with each query's excluded gallery item scored -inf (a copy; the caller's scores are untouched);
+    -1 excludes nothing."""
     if exclude_index is None:
         return block
     block = block.clone()
-    block[torch.arange(stop - start, device=block.device), exclude_index[start:stop]] = float("-inf")
+    excluded = exclude_index[start:stop]
+    rows = (excluded >= 0).nonzero().flatten()
+    block[rows, excluded[rows]] = float("-inf")
     return block
 
 
@@ -192,7 +198,9 @@ def cirr_recall(
 def _subset_members(scores, reference_index, subset_indices, name="subset_indices"):
     scores = _as_scores(scores)
     num_queries, gallery_size = scores.shape
-    reference_index = _as_indices(reference_index, "reference_index", num_queries, gallery_size, "cpu").tolist()
+    # -1: the query's reference is not a gallery image (a test query whose reference image is missing)
+    reference_index = _as_indices(reference_index, "reference_index", num_queries, gallery_size, "cpu",
+                                  allow_none=True).tolist()
     subsets = _index_lists(subset_indices, name, num_queries, gallery_size)
     # CIRR's img_set.members contains the reference itself; the protocol ranks the other members only.
     members = [[index for index in row if index != reference] for row, reference in zip(subsets, reference_index)]
@@ -235,13 +243,14 @@ def topk_indices(scores, k: int, exclude_index=None, block_size: int | None = No
     """The `k` best gallery indices per query, best first, ties broken by gallery order: `[queries, k]` (long, CPU).
 
     Equal to the first `k` columns of a stable descending sort of each row, computed with `torch.topk` over query
-    blocks. `exclude_index` (one gallery index per query) is left out of every list; `k` is clamped to the number
-    of gallery items that can be returned.
+    blocks. `exclude_index` (one gallery index per query, -1 for none) is left out of every list; `k` is clamped to
+    the number of gallery items that can be returned.
     """
     scores = _as_scores(scores)
     num_queries, gallery_size = scores.shape
     if exclude_index is not None:
-        exclude_index = _as_indices(exclude_index, "exclude_index", num_queries, gallery_size, scores.device)
+        exclude_index = _as_indices(exclude_index, "exclude_index", num_queries, gallery_size, scores.device,
+                                    allow_none=True)
     k = min(int(k), gallery_size - (exclude_index is not None))
     if k < 1:
         raise ValueError("k must be at least 1 and the gallery must have an item "
@@ -284,7 +293,8 @@ def subset_topk_indices(scores, reference_index, subset_indices, k: int = 3) -> 
 
 
 def circo_map_at_k(
-    scores, ground_truth_indices, ks: Sequence[int] = (5, 10, 25, 50), block_size: int | None = None
+    scores, ground_truth_indices, ks: Sequence[int] = (5, 10, 25, 50), block_size: int | None = None, *,
+    num_ground_truths: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """CIRCO mAP@K in percent, over each query's set of annotated ground truths.
 
@@ -294,17 +304,32 @@ def circo_map_at_k(
 
     Args:
         scores: `[queries, gallery]` similarities.
-        ground_truth_indices: per query, a non-empty list of gallery indices of its ground truths (duplicates
-            count once).
+        ground_truth_indices: per query, the gallery indices of its ground truths (duplicates count once).
+        num_ground_truths: per query, how many ground truths are annotated, the #ground truths of the denominator
+            (default: the length of each list). CIRCO's server divides by all annotated ground truths, so an
+            evaluation whose gallery lacks some of them passes the annotated counts: a missing ground truth then
+            lowers the AP instead of raising it, and a query with none in the gallery counts as AP 0. Without it,
+            every list must be non-empty.
     """
     scores = _as_scores(scores)
     num_queries, gallery_size = scores.shape
     ks = _check_ks(ks)
     ground_truths = _index_lists(ground_truth_indices, "ground_truth_indices", num_queries, gallery_size)
-    empty = [position for position, row in enumerate(ground_truths) if not row]
-    if empty:
-        raise ValueError(f"ground_truth_indices[{empty[0]}] is empty: every CIRCO "
-                         "query needs at least one ground truth.")
+    if num_ground_truths is None:
+        empty = [position for position, row in enumerate(ground_truths) if not row]
+        if empty:
+            raise ValueError(f"ground_truth_indices[{empty[0]}] is empty: every CIRCO "
+                             "query needs at least one ground truth.")
+        denominators = [len(row) for row in ground_truths]
+    else:
+        denominators = [int(count) for count in num_ground_truths]
+        if len(denominators) != num_queries:
+            raise ValueError(f"num_ground_truths must hold one count per query ({num_queries}), "
+                             f"got {len(denominators)}.")
+        for position, (count, row) in enumerate(zip(denominators, ground_truths)):
+            if count < max(len(row), 1):
+                raise ValueError(f"num_ground_truths[{position}] = {count}, but the query has {len(row)} ground "
+                                 "truth(s) in the gallery: it must count at least those, and at least one.")
     if num_queries == 0:
         raise ValueError("no queries to evaluate: scores has 0 rows.")
     depth = min(max(ks), gallery_size)
@@ -313,9 +338,9 @@ def circo_map_at_k(
     is_ground_truth = (top[:, :, None] == padded[:, None, :]).any(dim=2).double()
     positions = torch.arange(1, depth + 1, dtype=torch.float64)
     precision_at_hits = torch.cumsum(is_ground_truth, dim=1) / positions * is_ground_truth
-    num_ground_truths = torch.tensor([len(row) for row in ground_truths], dtype=torch.float64)
+    denominator = torch.tensor(denominators, dtype=torch.float64)
     return {
-        f"mAP@{k}": float((precision_at_hits[:, :k].sum(dim=1) / num_ground_truths.clamp(max=k)).mean() * 100)
+        f"mAP@{k}": float((precision_at_hits[:, :k].sum(dim=1) / denominator.clamp(max=k)).mean() * 100)
         for k in ks
     }
 

@@ -6,7 +6,8 @@ lives here, so that preparing, ranking and reporting never ask which benchmark t
   each category's gallery, the reference kept; the mean over categories. No test server, so no submission.
 - CIRR: the reference removed from each ranking before R@1/5/10/50; Rsubset@1/2/3 within the query's image set;
   test1 gives the two submission files (`recall`, top 50; `recall_subset`, top 3).
-- CIRCO: mAP@5/10/25/50 over each query's annotated ground truths; test gives the submission file (top 50 ids).
+- CIRCO: mAP@5/10/25/50 over each query's annotated ground truths, dividing by all of them as the server does (a
+  ground truth missing from the gallery lowers the mAP); test gives the submission file (top 50 ids).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class CIRCOProtocol(BenchmarkProtocol):
         return "unlabeled2017"  # val and test rank the same gallery (COCO unlabeled2017): one cache entry serves both
 
     def metrics(self, prepared: PreparedTask, scores: torch.Tensor) -> list[MetricValue]:
-        return _metric_values(circo_map_at_k(scores, prepared.ground_truth_indices, self.ks))
+        return _metric_values(circo_map_at_k(scores, prepared.ground_truth_indices, self.ks,
+                                             num_ground_truths=prepared.ground_truth_counts))
 
     def submission(self, prepared: PreparedTask, scores: torch.Tensor) -> dict[str, dict]:
         top = topk_indices(scores, self.submission_depth).tolist()

@@ -2,8 +2,10 @@
 ranked by cosine against the gallery's image embeddings.
 
 Methods: `scot` = the model's composed query (`model.get_composed_features`); `image` = the reference image
-embedding; `text` = the modification text embedding; `sum` = normalize(image + text). The last three are the
-baselines on the same encoder that the papers report.
+embedding; `text` = the modification text embedding; `sum` = normalize(normalize(image) + normalize(text)), the two
+normalised embeddings weighted equally; `raw_sum` = normalize(image features + text features) of the projected
+features before normalisation, CLIP4Cir's `element_wise_sum` (the larger of the two features weighs more). The last
+four are the baselines on the same encoder that the papers report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from scot_core import eval_mode
 from scot_core.encoding import model_device_dtype
 
-METHODS = ("scot", "image", "text", "sum")
+METHODS = ("scot", "image", "text", "sum", "raw_sum")
 
 
 def check_method(method: str) -> None:
@@ -49,19 +51,44 @@ def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tens
     return torch.cat(batches) if batches else torch.zeros(0, image_embeds.shape[-1])
 
 
+def _rows(values, keep: torch.Tensor):
+    """The rows of a tensor or list (or None) where `keep` is True."""
+    if values is None or isinstance(values, torch.Tensor):
+        return None if values is None else values[keep]
+    return [value for value, kept in zip(values, keep.tolist()) if kept]
+
+
 @torch.inference_mode()
 def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.Tensor, method: str,
                      batch_size: int = 1024, *, query_texts: Sequence[Sequence[str]] | None = None,
-                     processor=None) -> torch.Tensor:
-    """`[Q, D]` float32 query embeddings from `[Q, D]` reference image and `[Q, T, D]` text embeddings.
+                     processor=None, reference_norms: torch.Tensor | None = None,
+                     text_norms: torch.Tensor | None = None,
+                     reference_available: torch.Tensor | None = None) -> torch.Tensor:
+    """`[Q, D]` float32 query embeddings from `[Q, D]` reference image and `[Q, T, D]` text embeddings (normalised).
 
     With T > 1 (several phrasings of one query) the T normalised queries are averaged and normalised again.
     `query_texts` (Q lists of T texts) and `processor` are needed only by a composer that reads tokens
-    (`model.composer_accepts_text_embeds` False)."""
+    (`model.composer_accepts_text_embeds` False). `raw_sum` needs `reference_norms` (`[Q]`) and `text_norms`
+    (`[Q, T]`), the norms of the projected features the embeddings were normalised from. Queries whose
+    `reference_available` is False (a test query whose reference image is missing) get the `text` query, whatever
+    the method: the best ranking there is without the image."""
     check_method(method)
     if text_embeds.ndim == 2:
         text_embeds = text_embeds[:, None]
     num_queries, num_phrasings, _ = text_embeds.shape
+    if method == "raw_sum" and (reference_norms is None or text_norms is None):
+        raise ValueError("Method 'raw_sum' adds the projected features before normalisation: pass reference_norms "
+                         "and text_norms (prepare_task provides them).")
+    if reference_available is not None and not bool(reference_available.all()):
+        available = reference_available.to(torch.bool)
+        queries = torch.empty(num_queries, text_embeds.shape[-1])
+        queries[~available] = query_embeddings(model, reference_embeds[~available], text_embeds[~available], "text")
+        if available.any():
+            queries[available] = query_embeddings(
+                model, reference_embeds[available], text_embeds[available], method, batch_size,
+                query_texts=_rows(query_texts, available), processor=processor,
+                reference_norms=_rows(reference_norms, available), text_norms=_rows(text_norms, available))
+        return queries
     if method == "image":
         return F.normalize(reference_embeds.float(), dim=-1)
     if method == "text":
@@ -70,6 +97,10 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
     texts = text_embeds.reshape(num_queries * num_phrasings, -1)
     if method == "sum":
         queries = F.normalize(images.float() + texts.float(), dim=-1)
+    elif method == "raw_sum":  # back to the projected features: embedding x its norm
+        image_norms = reference_norms.float()[:, None].expand(-1, num_phrasings).reshape(-1, 1)
+        text_norms = text_norms.float().reshape(num_queries, -1).expand(-1, num_phrasings).reshape(-1, 1)
+        queries = F.normalize(images.float() * image_norms + texts.float() * text_norms, dim=-1)
     else:
         flat_texts = None
         if query_texts:

@@ -21,6 +21,8 @@ METRIC_KINDS = {"R": "recall", "Rsubset": "recall_subset", "mAP": "map"}
 AVERAGE = "average"
 # Table labels of the groups (a group without one is shown capitalised)
 GROUP_TITLES = {AVERAGE: "Average", "dress": "Dress", "shirt": "Shirt", "toptee": "Top/Tee"}
+# How many query ids the printed counts list (metrics.json holds them all)
+_LISTED_QUERIES = 10
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class MetricValue:
 @dataclass
 class TaskCounts:
     """How much of one retrieval task could be evaluated: images missing or unreadable are skipped, and so are the
-    queries that need them (`skipped_by_reason`)."""
+    queries that need them (`skipped_by_reason`), except on a split ranked for a submission, which lists every
+    query: there a query whose reference image is unusable is ranked by its text alone (`text_only_queries`)."""
 
     queries: int
     queries_evaluated: int
@@ -77,8 +80,12 @@ class TaskCounts:
     missing_images: int
     unreadable_images: int
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
-    # CIRCO only: annotated ground truths left out because their image is not in the gallery
+    # CIRCO only: annotated ground truths whose image is not in the gallery (they still count in the mAP
+    # denominator, as on CIRCO's server, so a missing one lowers the mAP)
     ground_truths_not_in_gallery: int | None = None
+    # Ids of the queries ranked by their modification text alone because their reference image is missing or
+    # unreadable (a test split's submission must hold every query)
+    text_only_queries: list[str] = field(default_factory=list)
 
     @property
     def queries_skipped(self) -> int:
@@ -93,6 +100,8 @@ class TaskCounts:
         }
         if self.ground_truths_not_in_gallery is not None:
             counts["ground_truths_not_in_gallery"] = self.ground_truths_not_in_gallery
+        if self.text_only_queries:
+            counts["text_only_queries"] = list(self.text_only_queries)
         return counts
 
     @classmethod
@@ -103,6 +112,7 @@ class TaskCounts:
             missing_images=counts["missing_images"], unreadable_images=counts["unreadable_images"],
             skipped_by_reason=dict(counts.get("skipped_by_reason") or {}),
             ground_truths_not_in_gallery=counts.get("ground_truths_not_in_gallery"),
+            text_only_queries=list(counts.get("text_only_queries") or []),
         )
 
     def describe(self, name: str) -> str:
@@ -113,6 +123,14 @@ class TaskCounts:
             line += f" ({self.missing_images} missing, {self.unreadable_images} unreadable images skipped)"
         if self.skipped_by_reason:
             line += "; skipped: " + ", ".join(f"{count} {reason}" for reason, count in self.skipped_by_reason.items())
+        if self.ground_truths_not_in_gallery:
+            line += (f"; {self.ground_truths_not_in_gallery} ground truths not in the gallery (still counted in the "
+                     "mAP denominator, as CIRCO's server does)")
+        if self.text_only_queries:
+            shown = ", ".join(self.text_only_queries[:_LISTED_QUERIES])
+            more = len(self.text_only_queries) - _LISTED_QUERIES
+            line += (f"; {len(self.text_only_queries)} queries ranked by their text alone (reference image missing "
+                     f"or unreadable): {shown}" + (f" and {more} more (metrics.json lists all)" if more > 0 else ""))
         return line
 
 

@@ -1,4 +1,5 @@
-"""ScotModel on tiny random CLIP, BLIP-2 retrieval and VisionTextDualEncoder encoders of the real transformers classes."""
+"""ScotModel on tiny random CLIP, BLIP-2 retrieval and VisionTextDualEncoder encoders of the real transformers
+classes."""
 
 import pytest
 import torch
@@ -58,7 +59,9 @@ def test_embeddings_have_contract_shape_and_unit_norm(scot):
         composed = model.compose(image_embeds, text_embeds)
         output = model(**inputs)
     assert model.config.embed_dim == EMBED_DIM
-    for tensor in (image_embeds, text_embeds, composed, output.composed_embeds, output.image_embeds, output.text_embeds):
+    for tensor in (
+        image_embeds, text_embeds, composed, output.composed_embeds, output.image_embeds, output.text_embeds
+    ):
         _unit_rows(tensor)
     torch.testing.assert_close(output.composed_embeds, composed, atol=ATOL, rtol=0)
     assert output.text_weight.shape == (len(TEXTS), 1)
@@ -76,7 +79,9 @@ def _raw_embeddings(name, folder, inputs):
         raw_class = CLIPModel if name == "clip" else VisionTextDualEncoderModel
         raw = raw_class.from_pretrained(folder).eval()
         image = raw.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-        text = raw.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output
+        text = raw.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).pooler_output
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
 
@@ -89,6 +94,33 @@ def test_features_equal_the_encoders_own(scot):
         text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     torch.testing.assert_close(image, raw_image, atol=ATOL, rtol=0)
     torch.testing.assert_close(text, raw_text, atol=ATOL, rtol=0)
+
+
+def test_unnormalised_features_are_the_encoders_projections(scot):
+    # `normalize=False` (what CLIP4Cir's element_wise_sum baseline adds): the projected features before the last
+    # normalisation; the default stays the contract's L2-normalised embeddings
+    name, folder, model, processor = scot
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=inputs["pixel_values"], normalize=False)
+        text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       normalize=False)
+        if name == "blip2":  # the mean of the per-query ITC embeddings (each normalised, as BLIP-2 does)
+            output = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()(
+                **inputs, use_image_text_matching_head=False)
+            expected_image, expected_text = output.image_embeds.mean(dim=1), output.text_embeds
+        else:
+            encoder = (CLIPModel if name == "clip" else VisionTextDualEncoderModel).from_pretrained(folder).eval()
+            expected_image = encoder.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+            expected_text = encoder.get_text_features(input_ids=inputs["input_ids"],
+                                                      attention_mask=inputs["attention_mask"]).pooler_output
+        normalised = model.get_image_features(pixel_values=inputs["pixel_values"])
+    torch.testing.assert_close(image, expected_image, atol=ATOL, rtol=0)
+    # BLIP-2's retrieval output holds only the normalised text embedding
+    torch.testing.assert_close(F.normalize(text, dim=-1) if name == "blip2" else text, expected_text, atol=ATOL,
+                               rtol=0)
+    torch.testing.assert_close(F.normalize(image, dim=-1), normalised, atol=ATOL, rtol=0)
+    assert not torch.allclose(text.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-3)
 
 
 def test_save_and_auto_reload_give_identical_outputs(scot, tmp_path):
@@ -139,8 +171,12 @@ def test_gradients_reach_only_the_combiner(scot):
     model.train()
     inputs = _inputs(processor)
     with torch.no_grad():
-        modified = model.get_text_features(**processor(text=["a blue thing", "a red cat", "a hat"], return_tensors="pt"))
-        captions = model.get_text_features(**processor(text=["a red thing", "a red dog", "a man"], return_tensors="pt"))
+        modified = model.get_text_features(
+            **processor(text=["a blue thing", "a red cat", "a hat"], return_tensors="pt")
+        )
+        captions = model.get_text_features(
+            **processor(text=["a red thing", "a red dog", "a man"], return_tensors="pt")
+        )
     output = model(**inputs, modified_caption_embeds=modified, caption_embeds=captions)
     assert output.loss.ndim == 0 and torch.isfinite(output.loss)
     output.loss.backward()
@@ -258,7 +294,9 @@ def test_from_backbone_refuses_a_scot_folder(backbone_folders, tmp_path):
 def test_unsupported_backbone_type_is_named(tmp_path):
     BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=20)).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="Unsupported encoder model_type 'bert'.*CLIPModel, Blip2ForImageTextRetrieval"):
+    with pytest.raises(
+        ValueError, match="Unsupported encoder model_type 'bert'.*CLIPModel, Blip2ForImageTextRetrieval"
+    ):
         ScotModel.from_backbone(tmp_path)
     with pytest.raises(ValueError, match="Unsupported encoder model_type 'bert'"):
         ScotModel.from_backbone(BertModel.from_pretrained(tmp_path))

@@ -79,6 +79,13 @@ def _rewrite(path, change):
          "entry 1 has gt_img_ids=.*expected a non-empty list"),
         ("circo", "annotations/val.json", lambda data: data[0].update(reference_img_id="85932"),
          "entry 0 has reference_img_id='85932', expected a COCO image id"),
+        # a lone surrogate (JSON "\ud800") reaches the tokenizer as a TypeError naming nothing: refused at loading
+        ("fashioniq", "captions/cap.dress.val.json", lambda data: data[2]["captions"].__setitem__(1, "is \ud800"),
+         r"cap.dress.val.json: the text at \[2\]\['captions'\]\[1\] is not valid Unicode"),
+        ("cirr", "cirr/captions/cap.rc2.val.json", lambda data: data[0].update(caption="add a \ud83d hat"),
+         r"cap.rc2.val.json: the text at \[0\]\['caption'\] is not valid Unicode .*'add a \\ud83d hat'"),
+        ("circo", "annotations/val.json", lambda data: data[1].update({"\udfff": 1}),
+         r"val.json: the text at a key of \[1\] is not valid Unicode"),
     ],
 )
 def test_schema_errors_name_the_file_the_entry_and_what_was_expected(tmp_path, benchmark, relative_path, change,
@@ -125,6 +132,16 @@ def test_check_counts_missing_and_unreadable_images(tmp_path):
     assert "val/dress" in text and "1 missing" in text and "unreadable: B00SHIRT3" in text
     # existence only: the broken file is not opened
     assert check_benchmark("fashioniq", data_dir, read_images=False)["splits"]["val/shirt"]["unreadable_images"] == 0
+
+
+def test_check_counts_what_evaluation_skips_per_split(tmp_path):
+    data_dir = build_circo(tmp_path)
+    for image_id in (85932, 2097, 355099):  # val query 0's reference, test query 0's, val query 2's target
+        (data_dir / "COCO2017_unlabeled" / "unlabeled2017" / f"{image_id:012d}.jpg").unlink()
+    report = check_benchmark("circo", data_dir, read_images=False)["splits"]
+    # val: the query without its reference is skipped; the missing target is one of the ground truths, scored as
+    # the server does. test: a submission lists every query (ranked by its text where the image is missing)
+    assert (report["val"]["queries_to_skip"], report["test"]["queries_to_skip"]) == (1, 0)
 
 
 def test_check_reports_absent_splits_without_failing(cir_data):

@@ -1,7 +1,9 @@
 """`scot-evaluate` (alias `python -m trainers.evaluate`): every benchmark x method, submissions, the check command."""
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,8 +84,100 @@ def test_check_command_and_argument_errors(cir_data, tmp_path, capsys):
         with pytest.raises(SystemExit) as raised:
             main(argv)
         assert raised.value.code == 2 and message in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no-model.* is not a model this package can load"):
-        main(["--model", str(tmp_path / "no-model"), "--benchmark", "cirr", "--data_dir", str(cir_data["cirr"])])
+    assert main(["--model", str(tmp_path / "no-model"), "--benchmark", "cirr", "--data_dir",
+                 str(cir_data["cirr"])]) == 2
+    assert "no-model' is not a model this package can load" in _one_error_line(capsys.readouterr().err)
+
+
+def _one_error_line(stderr: str) -> str:
+    """The CLI's error: exactly one line on stderr (log lines aside), no traceback."""
+    lines = [line for line in stderr.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+    assert len(lines) == 1 and "error: " in lines[0] and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def _break_weights(folder: Path) -> str:
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:3000])  # truncated
+    return "its weights are not a readable safetensors file (a truncated or damaged download?)"
+
+
+def _lone_surrogate_caption(data_dir: Path) -> str:
+    path = data_dir / "cirr" / "captions" / "cap.rc2.val.json"
+    entries = json.loads(path.read_text())
+    entries[3]["caption"] = "change to a \ud800 car"
+    path.write_text(json.dumps(entries))  # JSON's escape, as a careless export writes it
+    return "cap.rc2.val.json: the text at [3]['caption'] is not valid Unicode"
+
+
+def _malformed_json(data_dir: Path) -> str:
+    path = data_dir / "cirr" / "image_splits" / "split.rc2.val.json"
+    path.write_text(path.read_text()[:-20])
+    return "split.rc2.val.json is not valid JSON (CIRR image split"
+
+
+@pytest.mark.parametrize("damage, command", [(_break_weights, "evaluate"), (_lone_surrogate_caption, "evaluate"),
+                                             (_lone_surrogate_caption, "check"), (_malformed_json, "evaluate"),
+                                             (_malformed_json, "check")])
+def test_bad_input_is_one_line_on_stderr_and_exit_status_2(damage, command, cir_data, scot_folder, tmp_path, capsys):
+    model, data_dir = tmp_path / "model", tmp_path / "cirr_dataset"
+    shutil.copytree(scot_folder, model)
+    shutil.copytree(cir_data["cirr"], data_dir)
+    message = damage(model if damage is _break_weights else data_dir)
+    argv = ["--model", str(model), "--method", "text", "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(tmp_path / "out")] if command == "evaluate" else ["check", "--split", "val"]
+    assert main([*argv, "--benchmark", "cirr", "--data_dir", str(data_dir), "--no_progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert message in line and str(model if damage is _break_weights else data_dir) in line
+
+
+def test_a_full_disk_while_caching_is_one_line_and_exit_status_2(cir_data, scot_folder, tmp_path, capsys,
+                                                                 monkeypatch):
+    from scot_eval import tasks
+
+    def full_disk(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(tasks, "atomic_save_file", full_disk)
+    assert main(["--model", str(scot_folder), "--benchmark", "cirr", "--data_dir", str(cir_data["cirr"]),
+                 "--method", "image", "--cache_dir", str(tmp_path / "cache"), "--no_progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and str(tmp_path / "cache") in line
+
+
+def _custom_code_folder(folder: Path, marker: Path, config: dict) -> Path:
+    """A model folder whose config asks for its own code (`auto_map`); running that code creates `marker`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {
+        "AutoConfig": "custom.CustomConfig", "AutoModel": "custom.CustomModel",
+        "AutoTokenizer": ["custom.CustomTokenizer", None], "AutoImageProcessor": "custom.CustomImageProcessor"}}))
+    (folder / "custom.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    return folder
+
+
+def test_a_folder_with_its_own_code_is_never_run_nor_asked_about(backbone_folders, cir_data, tmp_path, capsys,
+                                                                  monkeypatch):
+    # The attack: a folder with an unknown model_type and an auto_map made transformers prompt, and `echo y |` ran
+    # its code. Loading passes trust_remote_code=False: if anything still asked, the answer would be "y".
+    questions = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": questions.append(prompt) or "y")
+    marker = tmp_path / "the-folder's-code-ran"
+    unknown = _custom_code_folder(tmp_path / "unknown", marker, {"model_type": "custom_retriever"})
+    argv = ["--benchmark", "cirr", "--data_dir", str(cir_data["cirr"]), "--method", "text", "--no_progress",
+            "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out")]
+    assert main(["--model", str(unknown), *argv]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"'{unknown}' is not a model this package can load" in line and "contains custom code" in line
+    # a CLIP folder whose files also name custom code: loaded as the CLIP it is, its code never imported
+    clip = tmp_path / "clip"
+    shutil.copytree(backbone_folders["clip"], clip)
+    _custom_code_folder(clip, marker, json.loads((clip / "config.json").read_text()))
+    for name in ("tokenizer_config.json", "preprocessor_config.json"):
+        settings = json.loads((clip / name).read_text())
+        settings["auto_map"] = {"AutoTokenizer": ["custom.CustomTokenizer", None],
+                                "AutoImageProcessor": "custom.CustomImageProcessor"}
+        (clip / name).write_text(json.dumps(settings))
+    assert main(["--model", str(clip), *argv]) == 0
+    assert not marker.exists() and questions == []
 
 
 def _run(*args):

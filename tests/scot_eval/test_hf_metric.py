@@ -74,6 +74,11 @@ def test_circo_equals_map_at_k(load, data):
     scores, _, _, _, ground_truths = data
     measured = load("circo").compute(scores=scores, ground_truth_indices=ground_truths)
     assert measured == circo_map_at_k(scores, ground_truths)
+    # the server's denominator: annotated ground truths, some not in the gallery
+    annotated = [len(row) + position % 3 for position, row in enumerate(ground_truths)]
+    measured = load("circo").compute(scores=scores, ground_truth_indices=ground_truths, num_ground_truths=annotated)
+    assert measured == circo_map_at_k(scores, ground_truths, num_ground_truths=annotated)
+    assert measured["mAP@50"] < circo_map_at_k(scores, ground_truths)["mAP@50"]
 
 
 def test_bad_configuration_and_inputs_get_clear_errors(load, data):

@@ -112,6 +112,35 @@ def test_circo_map_rejects_an_empty_ground_truth_set():
         circo_map_at_k(SCORES[:2], [[0], []])
 
 
+def test_circo_map_divides_by_every_annotated_ground_truth_as_the_server_does():
+    # query 0 ranks 1, 3, 0, 2, 4. Four ground truths annotated, two of them (3, 2) in the gallery: hits at ranks 2
+    # and 4. The server divides by min(4, K), so the two missing ones lower the AP:
+    #   AP@2 = (1/2) / 2 = 0.25; AP@4 = (1/2 + 2/4) / 4 = 0.25 (0.5 if only the two present were counted)
+    # query 2: one annotated ground truth, not in the gallery: AP 0, and the query still counts
+    result = circo_map_at_k(SCORES[[0, 2]], [[3, 2], []], ks=(2, 4), num_ground_truths=[4, 1])
+    assert result == pytest.approx({"mAP@2": 0.25 / 2 * 100, "mAP@4": 0.25 / 2 * 100})
+    assert circo_map_at_k(SCORES[[0]], [[3, 2]], ks=(4,)) == pytest.approx({"mAP@4": 50.0})  # the default: present
+    # the server's own code (CIRCO src/evaluation.py), on the same top-4 predictions
+    predictions, annotated = np.array([1, 3, 0, 2]), np.array([3, 2, 77, 78])  # 77, 78: not in the gallery
+    labels = np.isin(predictions, annotated)
+    precisions = np.cumsum(labels) * labels / np.arange(1, 5)
+    assert result["mAP@4"] == pytest.approx((np.sum(precisions[:4]) / min(len(annotated), 4) + 0.0) / 2 * 100)
+    with pytest.raises(ValueError, match=r"num_ground_truths\[0\] = 1, but the query has 2 ground truth"):
+        circo_map_at_k(SCORES[[0]], [[3, 2]], num_ground_truths=[1])
+    with pytest.raises(ValueError, match="num_ground_truths must hold one count per query"):
+        circo_map_at_k(SCORES[[0]], [[3, 2]], num_ground_truths=[2, 2])
+
+
+def test_a_query_without_a_gallery_reference_excludes_nothing():
+    # -1: the query's reference image is not in the gallery (a test query whose reference is missing)
+    assert topk_indices(SCORES, 2, exclude_index=[-1, 0, 4]).tolist() == [[1, 3], [1, 2], [0, 2]]
+    assert subset_topk_indices(SCORES[:2], [-1, 0], [[1, 3, 0], [0, 3, 4]], k=3) == [[1, 3, 0], [3, 4]]
+    with pytest.raises(ValueError, match=r"exclude_index\[0\] = -2 is not a gallery index"):
+        topk_indices(SCORES, 2, exclude_index=[-2, 0, 4])
+    with pytest.raises(ValueError, match=r"target_index\[0\] = -1 is not a gallery index"):
+        recall_at_k(SCORES, [-1, 0, 4])
+
+
 def test_topk_indices_ties_and_exclusion():
     assert topk_indices(SCORES, 3).tolist() == [[1, 3, 0], [0, 1, 2], [4, 0, 2]]
     assert topk_indices(SCORES, 2, exclude_index=[1, 0, 4]).tolist() == [[3, 0], [1, 2], [0, 2]]

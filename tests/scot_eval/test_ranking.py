@@ -73,3 +73,36 @@ def test_similarity_scores_are_float32_cosines():
     scores = similarity_scores(queries, gallery)
     assert scores.dtype == torch.float32 and scores.shape == (3, 4)
     assert torch.allclose(scores, F.cosine_similarity(queries.float()[:, None], gallery[None], dim=-1), atol=1e-6)
+
+
+def test_raw_sum_adds_the_projected_features_and_sum_the_normalised_ones(model_and_processor):
+    model, _ = model_and_processor
+    images, texts = _inputs(model)
+    image_norms = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0])
+    text_norms = torch.tensor([[3.0, 1.0], [1.0, 1.0], [0.25, 2.0], [1.0, 0.5], [10.0, 1.0]])
+    raw = query_embeddings(model, images, texts, "raw_sum", reference_norms=image_norms, text_norms=text_norms)
+    # CLIP4Cir's element_wise_sum, per phrasing, on the features before normalisation: normalize(f(I) + f(T))
+    per_phrasing = [F.normalize(images * image_norms[:, None] + texts[:, order] * text_norms[:, order, None], dim=-1)
+                    for order in (0, 1)]
+    torch.testing.assert_close(raw, F.normalize(per_phrasing[0] + per_phrasing[1], dim=-1))
+    # sum weighs the two normalised embeddings equally, whatever the features' norms
+    torch.testing.assert_close(query_embeddings(model, images, texts[:, :1], "sum"),
+                               F.normalize(images + texts[:, 0], dim=-1))
+    assert not torch.allclose(raw, query_embeddings(model, images, texts, "sum"), atol=1e-3)
+    with pytest.raises(ValueError, match="'raw_sum' adds the projected features before normalisation"):
+        query_embeddings(model, images, texts, "raw_sum")
+
+
+@pytest.mark.parametrize("method", ["scot", "image", "sum", "raw_sum"])
+def test_a_query_without_its_reference_image_is_ranked_by_its_text(model_and_processor, method):
+    model, _ = model_and_processor
+    images, texts = _inputs(model, phrasings=1)
+    reference_norms, text_norms = torch.linspace(0.5, 2.0, 5), torch.full((5, 1), 1.5)
+    available = torch.tensor([True, False, True, True, False])
+    images[~available], reference_norms[~available] = 0.0, 0.0  # what prepare_task holds for a missing image
+    queries = query_embeddings(model, images, texts, method, reference_available=available,
+                               reference_norms=reference_norms, text_norms=text_norms)
+    torch.testing.assert_close(queries[~available], texts[~available, 0])
+    expected = query_embeddings(model, images[available], texts[available], method,
+                                reference_norms=reference_norms[available], text_norms=text_norms[available])
+    torch.testing.assert_close(queries[available], expected, atol=1e-6, rtol=0)

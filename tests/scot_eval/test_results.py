@@ -81,6 +81,19 @@ def test_counts_report_what_was_skipped():
     assert TaskCounts(4, 4, 6, 6, 0, 0).describe("shirt") == "shirt: 4/4 queries evaluated, gallery 6/6 images"
 
 
+def test_counts_name_missing_ground_truths_and_the_queries_ranked_by_text_alone():
+    circo = TaskCounts(3, 3, 12, 11, 1, 0, ground_truths_not_in_gallery=2, text_only_queries=["1"])
+    assert circo.describe("circo") == (
+        "circo: 3/3 queries evaluated, gallery 11/12 images (1 missing, 0 unreadable images skipped); 2 ground truths "
+        "not in the gallery (still counted in the mAP denominator, as CIRCO's server does); 1 queries ranked by their "
+        "text alone (reference image missing or unreadable): 1")
+    assert circo.to_dict()["text_only_queries"] == ["1"] and TaskCounts.from_dict(circo.to_dict()) == circo
+    assert "text_only_queries" not in TaskCounts(4, 4, 6, 6, 0, 0).to_dict()  # metrics.json as before
+    many = TaskCounts(30, 30, 6, 5, 1, 0, text_only_queries=[str(index) for index in range(25)])
+    assert many.describe("cirr").endswith(": 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 15 more (metrics.json lists all)")
+    assert len(many.to_dict()["text_only_queries"]) == 25
+
+
 def test_write_outputs_and_read_back(tmp_path):
     submission = {"version": "rc2", "metric": "recall", "12060": ["dev-0-1-img0"]}
     result = EvaluationResult.from_dict(CIRR)

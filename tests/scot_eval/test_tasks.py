@@ -67,9 +67,30 @@ def test_a_damaged_cache_file_is_recomputed(model_and_processor, cir_data, tmp_p
     first = evaluate_benchmark(model, processor, "circo", cir_data["circo"], "val", "text", cache_dir=tmp_path,
                                show_progress=False)
     (gallery_file,) = tmp_path.glob("images-circo-unlabeled2017-*.safetensors")
-    gallery_file.write_bytes(b"not a safetensors file")
-    with caplog.at_level(logging.WARNING, logger="scot_eval.tasks"):
-        again = evaluate_benchmark(model, processor, "circo", cir_data["circo"], "val", "text", cache_dir=tmp_path,
-                                   show_progress=False)
-    assert again.metrics == first.metrics and "Ignoring unreadable embedding cache" in caplog.text
-    assert gallery_file.stat().st_size > 100  # rewritten
+    size = gallery_file.stat().st_size
+    for damage in (b"not a safetensors file", gallery_file.read_bytes()[: size // 2]):  # garbage, then truncated
+        gallery_file.write_bytes(damage)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="scot_eval.tasks"):
+            again = evaluate_benchmark(model, processor, "circo", cir_data["circo"], "val", "text",
+                                       cache_dir=tmp_path, show_progress=False)
+        assert again.metrics == first.metrics and "Ignoring unreadable embedding cache" in caplog.text
+        assert gallery_file.stat().st_size == size  # rewritten
+
+
+def test_the_cache_keeps_the_feature_norms_and_refreshes_a_file_written_without_them(model_and_processor, cir_data,
+                                                                                     tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, processor = model_and_processor
+    first = evaluate_benchmark(model, processor, "cirr", cir_data["cirr"], "val", "raw_sum", cache_dir=tmp_path,
+                               show_progress=False)
+    (gallery_file,) = tmp_path.glob("images-cirr-val-cirr-*.safetensors")
+    cached = load_file(gallery_file)
+    torch.testing.assert_close(cached["embeddings"].norm(dim=-1), torch.ones(12))  # normalised, as before
+    assert cached["norms"].shape == (12,) and not torch.allclose(cached["norms"], torch.ones(12), atol=1e-3)
+    # a file from before the norms were cached: recomputed (raw_sum needs them), not a KeyError
+    save_file({"embeddings": cached["embeddings"], "readable": cached["readable"]}, gallery_file)
+    again = evaluate_benchmark(model, processor, "cirr", cir_data["cirr"], "val", "raw_sum", cache_dir=tmp_path,
+                               show_progress=False)
+    assert again.metrics == first.metrics and "norms" in load_file(gallery_file)

@@ -35,7 +35,7 @@ Recall@K and mAP@K in percent for composed image retrieval, from a score matrix 
 query, higher is more similar) and gallery indices. Ties are broken by gallery order. `recall`: the share of queries
 whose target is among the first K (FashionIQ). `cirr`: the same with each query's reference image removed from its
 ranking, plus Recall_subset@K within the query's image set. `circo`: mAP@K over each query's ground truths, with the
-denominator min(#ground truths, K).
+denominator min(#ground truths, K) (#ground truths: `num_ground_truths`, the annotated count, where given).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -45,6 +45,8 @@ Args:
     reference_indices (`cirr`): the gallery index of each query's reference image, removed from its ranking.
     subset_indices (`cirr`): per query, the gallery indices of its image set (`img_set.members`).
     ground_truth_indices (`circo`): per query, the gallery indices of its ground truths.
+    num_ground_truths (`circo`): per query, how many ground truths are annotated (default: the length of each
+        list); CIRCO's server divides by all of them, also those missing from the gallery.
     ks: the cut-offs K (default: FashionIQ (10, 50), CIRR (1, 5, 10, 50), CIRCO (5, 10, 25, 50)).
     subset_ks (`cirr`): the cut-offs of Recall_subset (default (1, 2, 3)).
 Returns:
@@ -85,7 +87,7 @@ class CirRetrieval(evaluate.Metric):
         )
 
     def _compute(self, scores, target_indices=None, reference_indices=None, subset_indices=None,
-                 ground_truth_indices=None, ks=None, subset_ks=(1, 2, 3)):
+                 ground_truth_indices=None, ks=None, subset_ks=(1, 2, 3), num_ground_truths=None):
         protocol = self._protocol()
         scores = np.asarray(scores, dtype=np.float64)
         if scores.ndim != 2:
@@ -98,4 +100,4 @@ class CirRetrieval(evaluate.Metric):
             results.update(metrics.cirr_recall_subset(scores, reference_indices, target_indices, subset_indices,
                                                       tuple(subset_ks)))
             return results
-        return metrics.circo_map_at_k(scores, ground_truth_indices, ks)
+        return metrics.circo_map_at_k(scores, ground_truth_indices, ks, num_ground_truths=num_ground_truths)
