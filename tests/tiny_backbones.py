@@ -30,7 +30,11 @@ WORDS = (
 
 def _bytes_to_unicode():
     # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to code points from 256 upward.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = [], 0
     for byte in range(256):
         if byte in printable:
@@ -70,7 +74,8 @@ def save_tiny_clip(folder, seed=0):
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=_vision(),
         projection_dim=EMBED_DIM,

@@ -17,9 +17,11 @@ def test_two_processes_split_the_shards_and_match_one_process(tiny_llm, image_fo
     arguments = ["--image_folder", image_folder, "--model", tiny_llm, "--shard_size", "5", "--max_new_tokens", "8",
                  "--fallback", "templates", "--num_shots", "1"]  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "data_gen.generate"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO_ROOT}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": REPO_ROOT}  # fmt: skip
     finished = subprocess.run(
-        [*torchrun, *arguments, "--output_dir", str(tmp_path / "two")], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        [*torchrun, *arguments, "--output_dir", str(tmp_path / "two")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "generating (process 1)" in finished.stderr  # really two processes

@@ -1,4 +1,5 @@
-"""QLoRA on CPU: a tiny random llama loaded in 4-bit NF4, LoRA-tuned with TRL for a few steps, then used to generate."""
+"""QLoRA on CPU: a tiny random llama loaded in 4-bit NF4, LoRA-tuned with TRL for a few steps, then used to
+generate."""
 
 import json
 import os
@@ -21,7 +22,10 @@ def test_sft_examples_are_prompt_completion_pairs(tiny_llm):
     assert one_step["completion"] == "Modification: make the car blue\nModified caption: a blue car"
     first, second = sft_examples([triplet], tokenizer, prompt_style="two_step")
     assert first["completion"] == "Modification: make the car blue"
-    assert "Modification: make the car blue" in second["prompt"] and second["completion"] == "Modified caption: a blue car"
+    assert (
+        "Modification: make the car blue" in second["prompt"]
+        and second["completion"] == "Modified caption: a blue car"
+    )
 
 
 def test_qlora_finetune_then_generate_then_load_dataset(tiny_llm, image_folder, tmp_path):
@@ -34,7 +38,9 @@ def test_qlora_finetune_then_generate_then_load_dataset(tiny_llm, image_folder, 
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1",
         "--prompt_style", "two_step", "--held_out_fraction", "0.1", "--merge",
     ])  # fmt: skip
-    assert {"adapter_config.json", "adapter_model.safetensors", "data_gen_prompt.json", "held_out.jsonl"} <= set(os.listdir(adapter))
+    assert {
+        "adapter_config.json", "adapter_model.safetensors", "data_gen_prompt.json", "held_out.jsonl"
+    } <= set(os.listdir(adapter))
     assert json.load(open(adapter / "data_gen_prompt.json"))["prompt_style"] == "two_step"
     assert len(open(adapter / "held_out.jsonl").readlines()) == 4
 
@@ -54,7 +60,9 @@ def test_qlora_finetune_then_generate_then_load_dataset(tiny_llm, image_folder, 
         "--adapter", str(adapter), "--load_in_4bit", "--max_new_tokens", "12", "--fallback", "templates",
     ])  # fmt: skip
     triplets = load_dataset(str(output_dir), split="train")
-    assert list(triplets.features) == ["id", "image", "caption", "modification", "modified_caption", "source", "generator"]
+    assert list(triplets.features) == [
+        "id", "image", "caption", "modification", "modified_caption", "source", "generator"
+    ]
     assert len(triplets) == 24 and isinstance(triplets[0]["image"], PILImage.Image)
     card = open(output_dir / "README.md").read()
     assert "with LoRA adapter" in card and "`two_step`" in card  # prompt settings came from the adapter

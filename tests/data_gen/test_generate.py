@@ -31,11 +31,17 @@ def test_templates_run_gives_a_load_dataset_ready_folder_with_card(image_folder,
 
 def test_tiny_llm_run_counts_rejections_and_falls_back(image_folder, tiny_llm, tmp_path):
     args = ["--model", tiny_llm, "--max_new_tokens", "12", "--batch_size", "4"]
-    triplets = _generate(image_folder, tmp_path / "out", *args, "--fallback", "templates", "--prompt_style", "two_step")
+    triplets = _generate(
+        image_folder, tmp_path / "out", *args, "--fallback", "templates", "--prompt_style", "two_step"
+    )
     assert len(triplets) == 24  # every caption in the fixture has a template rule
     card = open(tmp_path / "out" / "README.md").read()
     # A random model writes junk: every answer is counted under some reason, and nothing crashed.
-    reasons = [line.split("|") for line in card.splitlines() if line.startswith("| `") and line.rstrip("| ").split("|")[-1].strip().isdigit()]
+    reasons = [
+        line.split("|")
+        for line in card.splitlines()
+        if line.startswith("| `") and line.rstrip("| ").split("|")[-1].strip().isdigit()
+    ]
     rejected = sum(int(cells[2]) for cells in reasons if "templates_" not in cells[1])
     assert rejected == 24 - sum(generator != "templates" for generator in triplets["generator"])
     assert "### User" in card  # the prompt used is in the card
@@ -78,7 +84,9 @@ def test_captions_only_dataset_and_changed_settings_refuse_to_resume(tmp_path):
     assert len(triplets) == 2 and triplets["image"] == [None, None]
     assert "| `empty_caption` | 1 |" in open(tmp_path / "out" / "README.md").read()
     with pytest.raises(ValueError, match="other settings \\(seed\\)"):
-        main([*common, "--output_dir", str(tmp_path / "out"), "--engine", "templates", "--no_embed_images", "--seed", "1"])
+        main([
+            *common, "--output_dir", str(tmp_path / "out"), "--engine", "templates", "--no_embed_images", "--seed", "1"
+        ])
     with pytest.raises(ValueError, match=r"caption column 'caption' not found .*columns found: \['text'\]"):
         main(["--dataset", str(tmp_path / "captions"), "--output_dir", str(tmp_path / "x"), "--engine", "templates"])
 
@@ -95,10 +103,13 @@ def test_push_to_hub_goes_up_to_the_network(image_folder, tmp_path, monkeypatch)
         push_to_hub(str(tmp_path / "out"), "someone/scot-triplets", token="hf_not_a_real_token")
 
     calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(("create", repo_id, kwargs)))
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.append(("create", repo_id, kwargs))
+    )
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.append(("upload", kwargs)))
     push_to_hub(str(tmp_path / "out"), "someone/scot-triplets", private=True)
     assert calls[0] == ("create", "someone/scot-triplets", {"repo_type": "dataset", "private": True, "exist_ok": True})
     upload = calls[1][1]
     assert upload["repo_type"] == "dataset" and upload["allow_patterns"] == ["README.md", "data/*.parquet"]
-    assert os.path.isdir(os.path.join(upload["folder_path"], ".generation"))  # resume records exist but are not uploaded
+    # resume records exist but are not uploaded
+    assert os.path.isdir(os.path.join(upload["folder_path"], ".generation"))

@@ -83,7 +83,10 @@ def test_templates_apply_rules_and_pass_the_filters(caption, kind):
 
 def test_templates_are_deterministic_and_know_when_to_give_up():
     generator = TemplateGenerator(seed=3)
-    assert generator.generate("a blue vase with a rose") == TemplateGenerator(seed=3).generate("a blue vase with a rose")
+    assert (
+        generator.generate("a blue vase with a rose")
+        == TemplateGenerator(seed=3).generate("a blue vase with a rose")
+    )
     assert generator.generate("a sunset over the mountains") is None
     assert TemplateGenerator(seed=0).generate("an apple")[1].split()[0] in ("a", "an", "two", "three", "four")
 
@@ -100,6 +103,9 @@ def test_seed_triplets_are_many_diverse_unique_and_pass_the_filters():
 
 def test_read_triplets_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"caption": "a cat", "modification": "make it red", "modified_caption": "a red cat"}\n{"caption": "x"}\n')
+    path.write_text(
+        '{"caption": "a cat", "modification": "make it red", "modified_caption": "a red cat"}\n'
+        '{"caption": "x"}\n'
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:2: .*missing or empty: \['modification', 'modified_caption'\]"):
         read_triplets([str(path)])

@@ -24,7 +24,10 @@ def _source_dataset(folder):
     PILImage.new("RGB", (8, 8), "green").save(buffer, format="PNG")
     captions = [f"{CAPTIONS[i % len(CAPTIONS)]} number {i}" for i in range(NUM_ROWS)]
     images = [{"bytes": buffer.getvalue(), "path": None}] * NUM_ROWS
-    Dataset.from_dict({"image": images, "caption": captions}, features=Features({"image": Image(), "caption": Value("string")})).save_to_disk(folder)
+    Dataset.from_dict(
+        {"image": images, "caption": captions},
+        features=Features({"image": Image(), "caption": Value("string")}),
+    ).save_to_disk(folder)
 
 
 @pytest.mark.slow
@@ -45,7 +48,9 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tiny_llm, tmp_pa
     deadline = time.time() + 120
     while len(glob.glob(done_marks)) < 3 and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert process.poll() is None, f"generation ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    assert process.poll() is None, (
+        f"generation ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+    )
     process.send_signal(signal.SIGKILL)
     process.wait()
     shards_at_kill = len(glob.glob(done_marks))

@@ -16,7 +16,10 @@ def _png(color):
 
 def _dataset():
     return Dataset.from_dict(
-        {"picture": [{"bytes": _png("red"), "path": None}, {"bytes": _png("blue"), "path": None}], "text": ["a red square", "a blue square"]},
+        {
+            "picture": [{"bytes": _png("red"), "path": None}, {"bytes": _png("blue"), "path": None}],
+            "text": ["a red square", "a blue square"],
+        },
         features=Features({"picture": Image(), "text": Value("string")}),
     )
 
@@ -30,7 +33,9 @@ def test_dataset_source_with_configurable_columns_and_image_bytes():
 
 
 def test_dataset_source_from_disk_and_list_captions(tmp_path):
-    Dataset.from_dict({"image": [None, None], "captions": [["a cat", "a grey cat"], ["a dog"]]}).save_to_disk(tmp_path / "saved")
+    Dataset.from_dict(
+        {"image": [None, None], "captions": [["a cat", "a grey cat"], ["a dog"]]}
+    ).save_to_disk(tmp_path / "saved")
     source = DatasetSource(str(tmp_path / "saved"), caption_column="captions", image_column=None)
     assert [row.caption for row in source.rows()] == ["a cat", "a grey cat", "a dog"]
     assert [row.id for row in source.rows()] == ["saved:0:0", "saved:0:1", "saved:1:0"]
@@ -48,7 +53,10 @@ def test_image_folder_with_sidecar_captions(tmp_path):
             (tmp_path / name).with_suffix(".txt").write_text(caption + "\n")
     source = ImageFolderSource(str(tmp_path), name="folder")
     rows = source.rows()
-    assert [(row.id, row.caption.strip()) for row in rows] == [("folder:a.jpg", "a red square"), ("folder:b.png", "a blue square")]
+    assert [(row.id, row.caption.strip()) for row in rows] == [
+        ("folder:a.jpg", "a red square"),
+        ("folder:b.png", "a blue square"),
+    ]
     assert source.missing_captions == 1
     assert source.image(rows[0])["bytes"][:2] == b"\xff\xd8"  # the original JPEG bytes, not re-encoded
 
@@ -56,7 +64,9 @@ def test_image_folder_with_sidecar_captions(tmp_path):
 def test_image_folder_with_metadata_file(tmp_path):
     PILImage.new("RGB", (4, 4)).save(tmp_path / "x.png")
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "x.png", "text": "a black square"}) + "\n")
-    assert [row.caption for row in ImageFolderSource(str(tmp_path), caption_column="text").rows()] == ["a black square"]
+    assert [row.caption for row in ImageFolderSource(str(tmp_path), caption_column="text").rows()] == [
+        "a black square"
+    ]
     with pytest.raises(ValueError, match="needs columns 'file_name' and 'caption'"):
         ImageFolderSource(str(tmp_path)).rows()
     with pytest.raises(ValueError, match="no images"):

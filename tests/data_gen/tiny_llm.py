@@ -17,7 +17,9 @@ def build_tiny_llm(folder, seed=0):
     bpe.train_from_iterator(
         corpus * 4,
         trainers.BpeTrainer(
-            vocab_size=512, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+            vocab_size=512,
+            special_tokens=["<pad>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

@@ -64,7 +64,8 @@ def test_processor_round_trip(backbone, tmp_path):
     reloaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(reloaded) is ScotProcessor
     images, texts = [Image.new("RGB", (40, 33), (9, 80, 200))], ["make it green"]
-    a, b = processor(images=images, text=texts, return_tensors="pt"), reloaded(images=images, text=texts, return_tensors="pt")
+    a = processor(images=images, text=texts, return_tensors="pt")
+    b = reloaded(images=images, text=texts, return_tensors="pt")
     for key in a:
         assert torch.equal(a[key], b[key])
 

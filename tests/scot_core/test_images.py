@@ -25,7 +25,10 @@ def _pattern(width=48, height=32, seed=0) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def tiny_clip(backbone_folders):
-    return ScotModel.from_backbone(backbone_folders["clip"]).eval(), ScotProcessor.from_backbone(backbone_folders["clip"])
+    return (
+        ScotModel.from_backbone(backbone_folders["clip"]).eval(),
+        ScotProcessor.from_backbone(backbone_folders["clip"]),
+    )
 
 
 def _embed(tiny_clip, images) -> torch.Tensor:

@@ -31,7 +31,8 @@ def _write_json(path: Path, data) -> None:
 
 
 # FashionIQ -----------------------------------------------------------------------------------------------------------
-FASHIONIQ_MISSING = "B00MISSING"  # listed in split.dress.val.json and used as a target, but no file: real FashionIQ has such
+# listed in split.dress.val.json and used as a target, but no file: real FashionIQ has such
+FASHIONIQ_MISSING = "B00MISSING"
 
 
 def build_fashioniq(root: Path) -> Path:
@@ -57,7 +58,7 @@ def build_fashioniq(root: Path) -> Path:
     return data_dir
 
 
-# CIRR ------------------------------------------------------------------------------------------------------------------
+# CIRR ----------------------------------------------------------------------------------------------------------------
 CIRR_CAPTIONS = ["show three bottles of soft drink", "Fewer paper towels per pack", "make the dog run on the beach",
                  "change to a red car", "add a hat", "remove the cat"]
 
@@ -92,7 +93,7 @@ def build_cirr(root: Path) -> Path:
     return data_dir
 
 
-# CIRCO -----------------------------------------------------------------------------------------------------------------
+# CIRCO ---------------------------------------------------------------------------------------------------------------
 CIRCO_IMAGE_IDS = [2097, 9761, 23082, 57541, 85932, 119203, 119881, 185509, 271520, 355099, 375057, 489535]
 
 
@@ -104,7 +105,8 @@ def build_circo(root: Path, image_info: bool = True) -> Path:
         make_image(image_dir / f"{image_id:012d}.jpg", 2000 + position)
     if image_info:
         _write_json(data_dir / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json",
-                    {"images": [{"id": image_id, "file_name": f"{image_id:012d}.jpg"} for image_id in CIRCO_IMAGE_IDS]})
+                    {"images": [{"id": image_id, "file_name": f"{image_id:012d}.jpg"}
+                                for image_id in CIRCO_IMAGE_IDS]})
     val = [
         {"reference_img_id": 85932, "target_img_id": 9761, "relative_caption": "is held by a little girl on a chair",
          "shared_concept": "a teddy bear", "gt_img_ids": [9761, 489535, 57541, 375057, 119881], "id": 0,
@@ -113,11 +115,13 @@ def build_circo(root: Path, image_info: bool = True) -> Path:
          "shared_concept": "a toilet placed outdoors", "gt_img_ids": [119203, 185509], "id": 1,
          "semantic_aspects": ["compare_change"]},
         {"reference_img_id": 271520, "target_img_id": 355099, "relative_caption": "shows two people",
-         "shared_concept": "a girl with an umbrella", "gt_img_ids": [355099], "id": 2, "semantic_aspects": ["cardinality"]},
+         "shared_concept": "a girl with an umbrella", "gt_img_ids": [355099], "id": 2,
+         "semantic_aspects": ["cardinality"]},
     ]
     test = [{"reference_img_id": reference, "relative_caption": caption, "shared_concept": "a thing", "id": query_id}
-            for query_id, (reference, caption) in enumerate([(2097, "are being used by a person"),
-                                                             (119881, "is redder"), (355099, "is taken from the top")])]
+            for query_id, (reference, caption) in enumerate([
+                (2097, "are being used by a person"), (119881, "is redder"), (355099, "is taken from the top")
+            ])]
     _write_json(data_dir / "annotations" / "val.json", val)
     _write_json(data_dir / "annotations" / "test.json", test)
     return data_dir
