@@ -37,7 +37,10 @@ def encoder_text_positions(encoder_config: PreTrainedConfig) -> int | None:
     """How many token positions the encoder's text side has (CLIP: 77), or None when its config does not say: texts
     longer than this must be truncated, or the position embeddings run out."""
     model_type = getattr(encoder_config, "model_type", None)
-    text_config = encoder_config.qformer_config if model_type == "blip-2" else getattr(encoder_config, "text_config", None)
+    if model_type == "blip-2":
+        text_config = encoder_config.qformer_config
+    else:
+        text_config = getattr(encoder_config, "text_config", None)
     return getattr(text_config, "max_position_embeddings", None)
 
 
@@ -139,10 +142,12 @@ class ScotConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: clear errors for values SCOT cannot use."""
         encoder_embed_dim(self.encoder_config)  # raises for an unsupported encoder
-        if self.encoder_config.model_type == "blip-2" and not self.encoder_config.qformer_config.use_qformer_text_input:
+        encoder_config = self.encoder_config
+        if encoder_config.model_type == "blip-2" and not encoder_config.qformer_config.use_qformer_text_input:
             raise ValueError(
                 "This BLIP-2 config has qformer_config.use_qformer_text_input=False: its Q-Former cannot embed text. "
-                "SCOT needs a BLIP-2 retrieval checkpoint (Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g)."
+                "SCOT needs a BLIP-2 retrieval checkpoint (Blip2ForImageTextRetrieval, e.g. "
+                "Salesforce/blip2-itm-vit-g)."
             )
         for name, allowed in (
             ("blip2_query_pooling", BLIP2_QUERY_POOLINGS),

@@ -189,7 +189,8 @@ class ScotOutput(ModelOutput):
         text_embeds (`torch.FloatTensor` of shape `(batch_size, embed_dim)`):
             L2-normalised modification text embeddings T_m.
         text_weight (`torch.FloatTensor` of shape `(batch_size, 1)`):
-            The Combiner's dynamic scalar λ: the weight of the text embedding in the residual mix (the image gets 1 - λ).
+            The Combiner's dynamic scalar λ: the weight of the text embedding in the residual mix (the image gets
+            1 - λ).
     """
 
     loss: torch.FloatTensor | None = None
@@ -426,7 +427,8 @@ class ScotModel(ScotPreTrainedModel):
         query_states = blip2.qformer(
             query_embeds=query_tokens, encoder_hidden_states=patch_embeds, encoder_attention_mask=patch_mask
         ).last_hidden_state
-        query_embeds = F.normalize(blip2.vision_projection(query_states.to(blip2.vision_projection.weight.dtype)), dim=-1)
+        projection = blip2.vision_projection
+        query_embeds = F.normalize(projection(query_states.to(projection.weight.dtype)), dim=-1)
         if self.config.blip2_query_pooling == "first":
             return query_embeds[:, 0]
         return query_embeds.mean(dim=1)
@@ -450,8 +452,10 @@ class ScotModel(ScotPreTrainedModel):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if self.config.text_pooling == "pooler":
-            return dual_encoder.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs).pooler_output
-        hidden = dual_encoder.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            return dual_encoder.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
+                                                  **kwargs).pooler_output
+        hidden = dual_encoder.text_model(input_ids=input_ids, attention_mask=attention_mask,
+                                         **kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         mean_pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return dual_encoder.text_projection(mean_pooled)

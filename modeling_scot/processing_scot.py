@@ -26,7 +26,7 @@ class ImageTooLargeError(ImageLoadError):
 
 
 def _is_image_source(value) -> bool:
-    """Whether `load_image` reads `value` (a file, bytes, an Image cell or a PIL image), rather than it being an array."""
+    """Whether `load_image` reads `value` (a file, bytes, an Image cell or a PIL image), not an array or tensor."""
     from PIL import Image
 
     return isinstance(value, (str, os.PathLike, bytes, bytearray, dict, Image.Image))
