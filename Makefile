@@ -14,7 +14,7 @@ DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fon
 # The web demo's browser test drives Debian's Chromium through its WebDriver
 BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast bench clean
+.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,15 @@ quickstart: $(STAMP)
 test-packages:
 	@$(MAKE) --no-print-directory apt-install OPTIONAL=1 APT_PACKAGES="$(DEMO_APT_PACKAGES) $(BROWSER_APT_PACKAGES)" \
 		WHY="some tests use"
+
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, blind-except
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# issue 14's ablations on the outputs of `make demo`: the same budget search per loss and target, three seeds
+ablations: $(STAMP)
+	test -d outputs/demo/benchmark || $(MAKE) demo
+	$(BIN)/python -m demo.ablations
 
 test: $(STAMP) test-packages
 	$(BIN)/python -m pytest -q tests
