@@ -1,9 +1,11 @@
-"""Top-50 gallery search (scot_search.index.GalleryIndex, exact faiss inner product) against a numpy full sort, and
+"""Top-50 gallery search (scot_search.index.GalleryIndex, exact "flat" index) against a numpy full sort, and
 against a memory-bandwidth bound, at galleries of 10k, 100k and 1M random 256-d unit vectors.
 
-Goals (exact "flat" index): >= 10x the numpy baseline, and within 2x of the bound (ours <= 2 * bound), for both
+Goals (exact "flat" index, issue 12): never slower than the numpy baseline (ratio >= 1x) at every size, and within
+1.5x of the bound (ours <= 1.5 * bound) from 1M images on, for both
 - latency: one query at a time, median time per query;
 - throughput: a batch of `--batch` queries in one call, queries per second.
+(Below 1M, fixed per-call costs and the caches weigh more than the gallery's read; the bound is shown, not held.)
 
 What is measured, all in one process and on the same data:
 - data: gaussian vectors, L2-normalised, float32, 256-d, fixed seeds; the queries are drawn the same way, independent
@@ -30,16 +32,18 @@ What is measured, all in one process and on the same data:
   whenever batch * 2 * N * d / flop rate > N * d * 4 / bandwidth (the "by" column says which one binds; the
   notes give the achieved GFLOP/s). At 10k the gallery (10 MB) fits in a 32 MB L3 cache and stays there between
   queries, so the DRAM bound is not a hard lower bound there (ours/bound < 1 is possible); the table marks such
-  rows. The notes also give the ceiling, baseline / bound: no search can beat the baseline by more than that, so
-  where the ceiling is below 10x the two goals cannot both be met (the baseline's own `gallery @ q` already runs close
-  to memory speed; only its sort can be saved).
+  rows. The notes also give the ceiling, baseline / bound: no search can beat the baseline by more than that (the
+  baseline's own `gallery @ q` already runs close to memory speed; only its sort can be saved).
 - timing: baseline and ours alternate in whole passes (all latency queries of one, a pause, all of the other,
-  `--alternations` times), so that machine load drifts hit both, while the two thread pools (numpy's OpenBLAS,
-  faiss's OpenMP) do not spin against each other query by query. One warm-up call each before timing.
-- ours runs faiss as GalleryIndex.search sets it up: fewer than 20 queries are scanned with one OpenMP thread (on
-  this 2-core machine a single query ran 2-6x faster than with all threads), and from 20 queries on faiss's
-  matrix-product (BLAS) path is used (faiss 1.15 takes it by default only from queries * d >= 128000, i.e. 500
-  queries at d = 256; it was 4-10x faster at a batch of 256). Both change speed only, never results.
+  `--alternations` times), so that machine load drifts hit both, while the thread pools (numpy's OpenBLAS, torch's
+  OpenMP, the baseline's sorting threads) do not spin against each other query by query. One warm-up call each
+  before timing.
+- ours runs as GalleryIndex.search does it: the scores by numpy's own BLAS (one query: the baseline's matrix-vector
+  product, on the same threads; a batch: `queries @ gallery.T` in blocks of at most 256 MiB of scores, as the
+  baseline's), then a partial selection instead of a sort: `np.argpartition` (O(N)) for one query, the threaded
+  `torch.topk` for a batch, and a sort of the 50. So ours can only lose to the baseline by noise. (faiss's flat
+  search, used before: a single query scanned with one OpenMP thread lost to the baseline on an idle 2-core machine,
+  0.6x at 100k, and its batched BLAS path fell to ~1x on a loaded one.)
 - approximate indexes (`--approximate`): "hnsw" (M 32, efConstruction 200, efSearch 128) and "ivf" (nlist 4*sqrt(N),
   nprobe 16), the GalleryIndex defaults, as extra rows with their recall@50 against the exact top-50 and their
   build time. They are not held to the goals (they read only part of the gallery). Random gaussian vectors have no
@@ -93,6 +97,9 @@ K = 50
 DIM = 256
 TIE_TOLERANCE = 1e-6
 PAUSE_S = 0.2  # between phases, so that one library's spinning worker threads have gone idle before the other runs
+GOAL_RATIO = 1.0  # the exact index is never slower than the baseline
+GOAL_OVER_BOUND = 1.5  # ... and within this factor of the bound, for galleries of at least BOUND_GOAL_FROM images
+BOUND_GOAL_FROM = 1_000_000
 
 
 @dataclass
@@ -139,7 +146,8 @@ def add_bounds(rows: list[Row], limits: dict) -> None:
         row.ceiling = baseline_s / bound_s
         row.fits_in_cache = 0 < row.size * DIM * 4 <= limits["l3_bytes"]
         if row.held_to_goals:
-            row.goal_met = row.ratio >= 10 and row.ours_over_bound <= 2 and row.mismatches == 0
+            row.goal_met = (row.ratio >= GOAL_RATIO and row.mismatches == 0
+                            and (row.size < BOUND_GOAL_FROM or row.ours_over_bound <= GOAL_OVER_BOUND))
 
 
 # -- data and the two implementations ---------------------------------------------------------------------------------
@@ -436,7 +444,8 @@ def main():
     print("threads: " + thread_report(args.threads))
     print("machine limits:")
     limits = measure_limits(args)
-    print(f"top-{K}, d = {DIM}; goal (flat rows): ratio >= 10x, ours/bound <= 2x, identical top-{K}", flush=True)
+    print(f"top-{K}, d = {DIM}; goal (flat rows): ratio >= {GOAL_RATIO:g}x, ours/bound <= {GOAL_OVER_BOUND:g}x from "
+          f"{BOUND_GOAL_FROM:,} images, identical top-{K}", flush=True)
 
     rows = []
     started = time.perf_counter()

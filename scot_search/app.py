@@ -6,16 +6,23 @@
 
 This module builds and serves the page; the command line is `scot-search web` (`cli.py`).
 
-Uploads are bounded twice: by size in bytes (Gradio's `max_file_size`, refused before it reaches the model) and by
-pixel count (read from the header by the package's image decoder, before decoding the pixels). Bad input — a corrupt
-or non-image file, an image over the limits, an empty text — is shown as a short message in the page, never as a
-stack trace. The page serves no file of the gallery folder by its path: result images are decoded from the indexed
-files (looked up by their row in the index) and handed to Gradio as images, which it serves from its own cache.
+Uploads are bounded twice, for every way an image reaches the search: by size in bytes (Gradio's `max_file_size`
+refuses a larger upload; the handler checks the file it is given again, and a base64 `data:` URL sent to the API by
+its length, before decoding it) and by pixel count (read from the header by the package's image decoder, before
+decoding the pixels). Gradio's own image decoding is bypassed: the reference input hands the handler the uploaded
+file untouched (its `gr.Image` would decode and convert a grey, 1-bit, palette or CMYK image before any check). Bad
+input — a corrupt or non-image file, an image over the limits, an empty text — is shown as a short message in the
+page, never as a stack trace. The page serves no file of the gallery folder by its path: result images are decoded
+from the indexed files (looked up by their row in the index) and handed to Gradio as images, which it serves from its
+own cache.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import os
 from pathlib import Path
 
 from modeling_scot.processing_scot import ImageTooLargeError
@@ -33,13 +40,32 @@ MAX_K = 50
 THUMBNAIL_SIDE = 512
 UNREADABLE_UPLOAD = ("The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP or TIFF "
                      "expected), or it is damaged.")
+NOT_UPLOADED = "Only uploaded images are searched: upload the reference image (no file of the server is read)."
 
 
-def check_reference_image(path, max_pixels: int):
-    """The uploaded reference image, decoded by the package's one decoder, or ValueError with a message fit for the
-    page (the upload's temporary path is not shown)."""
+def upload_limit_bytes(max_upload_mb: float) -> int:
+    """`max_upload_mb` in bytes (whole KiB): Gradio's upload limit and the handler's."""
+    return int(max_upload_mb * 1024) * 1024
+
+
+def _too_large_message(max_upload_mb: float) -> str:
+    return (f"The file is larger than this demo accepts: at most {max_upload_mb:g} MB. Please upload a smaller "
+            "image.")
+
+
+def check_reference_image(source: str | os.PathLike | bytes, max_pixels: int,
+                          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
+    """The uploaded reference image (a file, or the bytes of a `data:` URL), decoded by the package's one decoder
+    once its size in bytes and its pixel count (from the header) are within the limits; else ValueError with a
+    message fit for the page (the upload's temporary path is not shown)."""
     try:
-        return load_image(path, max_pixels=max_pixels)
+        size = len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+    except OSError:  # the upload is gone from Gradio's cache
+        raise ValueError(UNREADABLE_UPLOAD) from None
+    if size > upload_limit_bytes(max_upload_mb):
+        raise ValueError(_too_large_message(max_upload_mb))
+    try:
+        return load_image(source, max_pixels=max_pixels)
     except ImageTooLargeError:
         raise ValueError(f"The image has more pixels than this demo accepts: at most {max_pixels / 1e6:.1f} "
                          "megapixels. Please upload a smaller image.") from None
@@ -47,19 +73,37 @@ def check_reference_image(path, max_pixels: int):
         raise ValueError(UNREADABLE_UPLOAD) from None
 
 
-def _explain_unreadable(decode):
-    """Wrap gr.Image's `preprocess`: Gradio decodes an upload before our handler runs, and PIL's errors would reach
-    the page as a bare "Error" (or a temporary path). An instance attribute, not a subclass: Gradio writes a .pyi stub
-    beside any file that defines a component class."""
+def _undecoded_upload(component, max_upload_mb: float):
+    """A `preprocess` for the reference `gr.Image`: the upload as it came, for `check_reference_image` — the path of
+    the uploaded file in Gradio's cache, or the bytes of a base64 `data:` URL (refused by its length before it is
+    decoded). Gradio's own `preprocess` decodes the image (converting any mode but RGB, and every `data:` URL, before
+    our checks run), and opens any server path an API call names without Gradio's file metadata; this one decodes
+    nothing and reads only files in Gradio's cache (uploads, examples). An instance attribute, not a subclass: Gradio
+    writes a .pyi stub beside any file that defines a component class."""
     import gradio as gr
 
-    def decode_or_explain(payload):
-        try:
-            return decode(payload)
-        except Exception:  # noqa: BLE001 - whatever PIL raises, the user needs the same sentence
-            raise gr.Error(UNREADABLE_UPLOAD, print_exception=False) from None
+    cache = Path(component.GRADIO_CACHE).resolve()
 
-    return decode_or_explain
+    def preprocess(payload) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            header, _, encoded = payload.url.partition(",")
+            if len(encoded) * 3 // 4 > upload_limit_bytes(max_upload_mb):  # base64: 4 characters per 3 bytes
+                raise gr.Error(_too_large_message(max_upload_mb), print_exception=False)
+            if not header.endswith(";base64"):  # URL-encoded text: no image
+                raise gr.Error(UNREADABLE_UPLOAD, print_exception=False)
+            try:
+                return base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                raise gr.Error(UNREADABLE_UPLOAD, print_exception=False) from None
+        if not payload.path:  # e.g. a bare URL: never fetched
+            raise gr.Error(UNREADABLE_UPLOAD, print_exception=False)
+        if not Path(payload.path).resolve().is_relative_to(cache):
+            raise gr.Error(NOT_UPLOADED, print_exception=False)
+        return payload.path
+
+    return preprocess
 
 
 def result_thumbnail(searcher: GallerySearcher, hit: SearchHit):
@@ -70,9 +114,12 @@ def result_thumbnail(searcher: GallerySearcher, hit: SearchHit):
     return image
 
 
-def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS, examples: list[str] | None = None,
+def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, examples: list[str] | None = None,
               title: str | None = None):
-    """A `gr.Blocks` page around a `GallerySearcher`. `examples` are image paths offered as references."""
+    """A `gr.Blocks` page around a `GallerySearcher`, refusing reference images over `max_pixels` pixels or
+    `max_upload_mb` MB (`launch_app` gives Gradio's upload route the same limit). `examples` are image paths offered
+    as references."""
     import gradio as gr
 
     index = searcher.index
@@ -81,13 +128,13 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
         model_name = Path(model_name).name  # a local folder: its name, not where it lies on this machine
     has_images = any(index.paths) or "dataset" in index.metadata.get("source", {})
 
-    def search(reference_path, text, k):
-        if reference_path is None:
+    def search(reference, text, k):
+        if reference is None:
             raise gr.Error("Pick or upload a reference image first.", print_exception=False)
         if not text or not text.strip():
             raise gr.Error("Type the change you want, e.g. “in blue”.", print_exception=False)
         try:
-            image = check_reference_image(reference_path, max_pixels)
+            image = check_reference_image(reference, max_pixels, max_upload_mb)
             result = searcher.query(image=image, text=text, k=int(k))
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
@@ -108,7 +155,7 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
             with gr.Column(scale=1):
                 reference = gr.Image(label="Reference image", type="filepath", sources=["upload", "clipboard"],
                                      elem_id="reference-image", height=280)
-                reference.preprocess = _explain_unreadable(reference.preprocess)
+                reference.preprocess = _undecoded_upload(reference, max_upload_mb)
                 if examples:
                     gr.Examples(examples=[[path] for path in examples], inputs=[reference], label="or pick one")
                 text = gr.Textbox(label="Change", placeholder="e.g. make it blue", elem_id="change-text", lines=1)
@@ -121,9 +168,10 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
                 table = gr.Dataframe(headers=["rank", "id", "score"], label="Scores", elem_id="result-table",
                                      interactive=False)
         inputs, outputs = [reference, text, k], [gallery, table, summary]
-        # one queue for both triggers: one search at a time (the model and faiss's thread setting are shared)
+        # one queue for both triggers: one search at a time (the model is shared)
         button.click(search, inputs, outputs, api_name="search", concurrency_id="search")
         text.submit(search, inputs, outputs, concurrency_id="search")
+    app.max_upload_mb = max_upload_mb  # launch_app gives Gradio's upload route the handler's limit
     return app
 
 
@@ -157,11 +205,11 @@ def load_or_build_searcher(index_dir, model: str | None = None, gallery=None, de
     return GallerySearcher(scot_model, processor, index)
 
 
-def launch_app(app, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               prevent_thread_lock: bool = False):
-    """Serve the page. No folder is added to Gradio's allowed paths: its file route serves only what Gradio itself
-    stored (uploads, the result and example images it was handed), never the gallery folder."""
-    return app.launch(server_name=host, server_port=port, max_file_size=f"{int(max_upload_mb * 1024)}kb",
+def launch_app(app, *, host: str = "127.0.0.1", port: int = 7860, prevent_thread_lock: bool = False):
+    """Serve a page of `build_app`, Gradio refusing uploads over the byte limit the page was built with. No folder is
+    added to Gradio's allowed paths: its file route serves only what Gradio itself stored (uploads, the result and
+    example images it was handed), never the gallery folder."""
+    return app.launch(server_name=host, server_port=port, max_file_size=upload_limit_bytes(app.max_upload_mb),
                       prevent_thread_lock=prevent_thread_lock, show_error=True, quiet=True)
 
 

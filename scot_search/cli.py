@@ -6,7 +6,8 @@
     scot-search web --index photos-index                                        # the Gradio demo
     python -m scot_search.cli web --index photos-index --port 7860              # the same (e.g. a Space's app.py)
 
-Errors in the input (a missing file, an empty text, an index built with another model) are one line on stderr and
+Errors in the input (a missing file, an empty text or one that is not valid Unicode, an index built with another
+model, a truncated weights or embeddings file, index options that do not fit the gallery) are one line on stderr and
 exit status 2, never a traceback.
 """
 
@@ -18,6 +19,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
@@ -145,9 +148,10 @@ def run_web(args) -> None:
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     searcher = load_or_build_searcher(args.index, args.model, args.gallery, _device(args.device))
-    app = build_app(searcher, max_pixels=args.max_pixels, examples=example_images(searcher.index, args.examples))
+    app = build_app(searcher, max_pixels=args.max_pixels, max_upload_mb=args.max_upload_mb,
+                    examples=example_images(searcher.index, args.examples))
     print(f"SCOT web demo on http://{args.host}:{args.port} ({len(searcher.index)} gallery images)")
-    launch_app(app, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb)
+    launch_app(app, host=args.host, port=args.port)
 
 
 def main(argv=None) -> int:
@@ -165,7 +169,8 @@ def main(argv=None) -> int:
             run_query(args)
         else:
             run_web(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, OSError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, OSError, SafetensorError) as error:
+        # SafetensorError: what reads name their file; this catches the rest (e.g. a write on a full disk)
         print(f"scot-search {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

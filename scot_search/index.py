@@ -1,4 +1,5 @@
-"""Gallery index: encode a folder (or a `datasets` dataset) of images once, then answer top-K queries with faiss.
+"""Gallery index: encode a folder (or a `datasets` dataset) of images once, then answer top-K queries (exactly, or
+approximately with faiss).
 
 Layout of an index folder:
 
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from scot_core import (
@@ -61,8 +63,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "ivf", "hnsw")
-# below this many queries, exact search scans the gallery once per query (one thread); from it on, by matrix product
-SMALL_BATCH = 20
+# exact search scores the gallery for this many bytes of queries at a time ([queries, N] float32; >= 1 query)
+SCORE_BLOCK_BYTES = 256 * 2**20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 INDEX_MARKER = ".scot-index"
 LOCK_FILE = ".scot-index.lock"
@@ -216,19 +218,28 @@ class GalleryIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.index_type != "flat":
             return self.faiss_index.search(queries, k)
-        faiss = _require_faiss()
-        # Two faiss defaults cost a lot on exact search (bench/bench_search.py, 2-core CPU): the matrix-product path is
-        # only taken from queries·d ≥ 128000 (500 queries at d=256), yet it is 4-10× faster from ~20 queries; and one
-        # query is scanned 2-6× faster by one OpenMP thread than by all of them. Results are identical either way.
-        faiss.cvar.distance_compute_blas_threshold = SMALL_BATCH * self.embed_dim
-        if len(queries) >= SMALL_BATCH:
-            return self.faiss_index.search(queries, k)
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            return self.faiss_index.search(queries, k)
-        finally:
-            faiss.omp_set_num_threads(threads)
+        rows = max(1, SCORE_BLOCK_BYTES // (4 * len(self)))
+        blocks = [self._exact_top_k(queries[start:start + rows], k) for start in range(0, len(queries), rows)]
+        return np.concatenate([scores for scores, _ in blocks]), np.concatenate([top for _, top in blocks])
+
+    def _exact_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-`k` of a block of queries: every score by numpy's BLAS — for one query the matrix-vector product
+        `gallery @ q` runs, for several the matrix product `queries @ gallery.T`, on the threads numpy gives them —
+        then a partial selection (O(N) per query, not a sort of all N): `np.argpartition` for one query, the threaded
+        `torch.topk` for several. So it is never slower than `gallery @ q` + a full sort, on any machine; faiss's
+        flat search lost to that on some (its single-query scan with one thread or all, its batched path on a loaded
+        machine: bench/bench_search.py). Equal scores are listed by position (a tie at the k-th score keeps any
+        of the tied rows)."""
+        if len(queries) == 1:
+            scores = (self.embeds @ queries[0])[None]
+            top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+        else:
+            scores = queries @ self.embeds.T
+            top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
+        top = np.sort(top, axis=1)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
@@ -295,7 +306,12 @@ def _read_saved_index(folder: Path) -> tuple[dict, np.ndarray, dict[str, list]]:
     if description.get("format_version") != INDEX_FORMAT_VERSION:
         raise ValueError(f"{str(folder)!r} has index format {description.get('format_version')}, "
                          f"this version reads {INDEX_FORMAT_VERSION}: rebuild it with `scot-search index`.")
-    embeds = load_file(str(folder / "embeddings.safetensors"))["embeds"].numpy()
+    embeddings_file = folder / "embeddings.safetensors"
+    try:
+        embeds = load_file(str(embeddings_file))["embeds"].numpy()
+    except SafetensorError as error:  # truncated (a full disk, a partial copy) or not a safetensors file at all
+        raise ValueError(f"The gallery embeddings {str(embeddings_file)!r} cannot be read ({error}): rebuild the "
+                         "index with `scot-search index`.") from None
     table = pq.read_table(folder / "ids.parquet")
     return description, embeds, {name: table.column(name).to_pylist() for name in table.column_names}
 
@@ -361,7 +377,9 @@ def _remove_chunks(chunks_dir: Path) -> None:
 
 
 def check_index_options(index_type: str, size: int, given: dict) -> dict:
-    """Settings of each index type, defaults filled in (IVF: nlist ≈ 4·√N lists, 16 probed; HNSW: M=32)."""
+    """Settings of each index type for a gallery of `size` images, defaults filled in (IVF: nlist ≈ 4·√N lists, 16
+    probed; HNSW: M=32); ValueError for settings that do not apply or that faiss would fail on (cheap to call before
+    encoding: it needs only the gallery's size)."""
     if index_type == "flat":
         unknown = set(given)
         options = {}
@@ -377,6 +395,14 @@ def check_index_options(index_type: str, size: int, given: dict) -> dict:
     unknown = {name for name in unknown if given[name] is not None}
     if unknown:
         raise ValueError(f"Option(s) {sorted(unknown)} do not apply to a {index_type!r} index.")
+    not_positive = [f"{name} = {value}" for name, value in options.items() if value < 1]
+    if not_positive:
+        raise ValueError(f"Index option(s) must be at least 1: {', '.join(not_positive)}.")
+    if index_type == "ivf" and options["nlist"] > size:
+        # faiss's k-means needs at least one training point per list (and warns below 39)
+        raise ValueError(f"nlist = {options['nlist']} (--nlist) is more lists than the gallery has images ({size}): "
+                         f"an ivf index needs at least one image per list; use at most {max(size // 39, 1)} (39 "
+                         "images per list, as faiss advises), or leave nlist out.")
     return options
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from scot_core import (
     DEFAULT_MAX_PIXELS,
@@ -64,6 +65,16 @@ def load_query_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS):
     return load_image(image, max_pixels=max_pixels)
 
 
+def _check_text(text: str) -> None:
+    """ValueError if `text` is not Unicode the tokenizer can read: a lone surrogate, e.g. what Python makes of
+    command-line bytes that are not UTF-8, or what a JSON request may spell as `\\udcff`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"The text is not valid Unicode: {text[error.start]!r} at position {error.start} is a lone "
+                         "surrogate (bytes that are not UTF-8?).") from None
+
+
 def recorded_model_name(model_name_or_path: str | os.PathLike) -> str:
     """What an index records as its model: the absolute path of a local folder (queries may run elsewhere in the
     tree), else the hub id as given."""
@@ -74,7 +85,11 @@ def recorded_model_name(model_name_or_path: str | os.PathLike) -> str:
 def load_search_model(model_name_or_path: str | os.PathLike, device: str | None = None):
     """`(model, processor)` for searching: a saved SCOT model (folder or hub id; no remote code), or a backbone
     wrapped with an untrained Combiner, which answers image-only and text-only queries but not composed ones."""
-    model, processor, trained = load_scot_or_backbone(model_name_or_path, device=device)
+    try:
+        model, processor, trained = load_scot_or_backbone(model_name_or_path, device=device)
+    except SafetensorError as error:  # a truncated or damaged weights file (a full disk, an interrupted download)
+        raise ValueError(f"The weights of the model {str(model_name_or_path)!r} cannot be read ({error}): save or "
+                         "download the model again.") from None
     if not trained:
         logger.warning("%s is a backbone, not a trained SCOT model: its Combiner is new and untrained, so composed "
                        "queries are not meaningful (image-only and text-only queries are).", model_name_or_path)
@@ -118,6 +133,8 @@ class GallerySearcher:
             raise TypeError(f"text must be a string, got {type(text).__name__}.")
         if text is not None and not text.strip():
             raise ValueError("The text is empty: describe the change (or leave the text out for an image-only query).")
+        if text is not None:
+            _check_text(text)
         if image is None and text is None:
             raise ValueError("Give a reference image, a text, or both.")
         if k < 1:

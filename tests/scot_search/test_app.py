@@ -1,15 +1,22 @@
 """The Gradio web demo, end to end in headless Chromium (Debian's `chromium` + `chromium-driver`, driven by selenium):
-upload a reference image, type the change, submit, and check what the page shows — results or a clear message."""
+upload a reference image, type the change, submit, and check what the page shows — results or a clear message. What
+the page cannot send (a `data:` URL, a server path) is sent to the same handler through Gradio's HTTP API."""
 
+import base64
+import json
 import os
 import shutil
 import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from scot_search.app import build_app, check_reference_image, example_images, launch_app
+from scot_search.app import NOT_UPLOADED, build_app, check_reference_image, example_images, launch_app
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -22,6 +29,9 @@ needs_browser = pytest.mark.skipif(
 
 MAX_PIXELS = 200_000
 MAX_UPLOAD_MB = 0.2
+# what refusing an image over a limit may cost the server at most: it must not decode it
+REFUSAL_SECONDS = 1.0
+REFUSAL_RSS_MB = 100
 
 
 def free_port() -> int:
@@ -38,13 +48,23 @@ def searcher(gallery_index):
 
 
 @pytest.fixture(scope="module")
-def app_url(searcher):
+def served_app(searcher, gallery_folder):
+    """(the page, its URL), served from this process's threads; warmed up by one search (a fresh server's first
+    answer takes seconds, which is no cost of the query)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = build_app(searcher, max_pixels=MAX_PIXELS, examples=example_images(searcher.index, 4))
+    app = build_app(searcher, max_pixels=MAX_PIXELS, max_upload_mb=MAX_UPLOAD_MB,
+                    examples=example_images(searcher.index, 4))
     port = free_port()
-    launch_app(app, port=port, max_upload_mb=MAX_UPLOAD_MB, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
+    launch_app(app, port=port, prevent_thread_lock=True)
+    url = f"http://127.0.0.1:{port}/"
+    assert api_search(url, api_upload(url, gallery_folder / "round" / "circle-red.png"))[0] == "complete"
+    yield app, url
     app.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(served_app):
+    return served_app[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +82,102 @@ def browser():
     driver.quit()
 
 
-def submit(browser, url, image_path, text):
-    """Load the page fresh, upload `image_path`, type `text`, press Search; returns a WebDriverWait."""
+@pytest.fixture(scope="module")
+def over_the_limits(tmp_path_factory) -> dict[str, Path]:
+    """Images over one limit of the app each. "bomb-L" / "bomb-1" / "bomb-P": 144 MP in grey, 1-bit and palette modes
+    (all black: 18-140 KB files, under the byte limit; decoded to RGB, 432 MB), which Gradio's `gr.Image` would convert
+    before any check of ours; "cmyk": a CMYK JPEG over the pixel limit; "pixels": 0.36 MP RGB; "bytes": noise, over
+    the byte limit and under the pixel limit."""
+    folder = tmp_path_factory.mktemp("over-the-limits")
+    images = {}
+    for mode in ("L", "1", "P"):
+        images[f"bomb-{mode}"] = folder / f"bomb-{mode}.png"
+        Image.new(mode, (12_000, 12_000)).save(images[f"bomb-{mode}"])
+        assert images[f"bomb-{mode}"].stat().st_size < MAX_UPLOAD_MB * 1024 * 1024
+    images["cmyk"] = folder / "cmyk.jpg"
+    Image.new("CMYK", (600, 600), (0, 80, 160, 0)).save(images["cmyk"])
+    images["pixels"] = folder / "big.png"
+    Image.new("RGB", (600, 600), "white").save(images["pixels"])
+    images["bytes"] = folder / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(images["bytes"])
+    assert images["bytes"].stat().st_size > MAX_UPLOAD_MB * 1024 * 1024
+    return images
+
+
+@contextmanager
+def server_cost(app):
+    """What the page's server spends while the block runs: `cost.seconds` in Gradio's `process_api` (the input's
+    preprocess, the handler, the postprocess) and `cost.rss_mb`, how far the peak RSS of this process (the server runs
+    in its threads) rose above the RSS before. Linux: the peak is reset through /proc/self/clear_refs."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if not os.access(clear_refs, os.W_OK):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak RSS")
+
+    def status_mb(field: str) -> float:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+        return int(line.split()[1]) / 1024
+
+    cost = SimpleNamespace(seconds=0.0, rss_mb=0.0)
+    process_api = app.process_api
+
+    async def timed_process_api(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await process_api(*args, **kwargs)
+        finally:
+            cost.seconds += time.perf_counter() - start
+
+    app.process_api = timed_process_api  # an instance attribute over the method, removed again below
+    clear_refs.write_text("5")  # the peak (VmHWM) starts again from the current RSS
+    before = status_mb("VmRSS:")
+    try:
+        yield cost
+    finally:
+        cost.rss_mb = status_mb("VmHWM:") - before
+        del app.process_api
+
+
+def assert_refused_cheaply(cost) -> None:
+    assert 0 < cost.seconds < REFUSAL_SECONDS and cost.rss_mb < REFUSAL_RSS_MB, cost
+
+
+def api_upload(app_url: str, path: Path) -> dict:
+    """Upload `path` as the page does (Gradio's upload route); the FileData of the search API's image input."""
+    import httpx
+
+    response = httpx.post(f"{app_url}gradio_api/upload", files={"files": (path.name, path.read_bytes())}, timeout=60)
+    response.raise_for_status()
+    return {"path": response.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def api_search(app_url: str, image: dict, text: str = "in blue", k: int = 5) -> tuple[str, object]:
+    """Call the page's search through Gradio's HTTP API: ("complete", outputs) or ("error", the page's message)."""
+    import httpx
+
+    started = httpx.post(f"{app_url}gradio_api/call/search", json={"data": [image, text, k]}, timeout=60)
+    started.raise_for_status()
+    stream = httpx.get(f"{app_url}gradio_api/call/search/{started.json()['event_id']}", timeout=60).text
+    events = [line.removeprefix("event: ") for line in stream.splitlines() if line.startswith("event: ")]
+    data = [json.loads(line.removeprefix("data: ")) for line in stream.splitlines() if line.startswith("data: ")]
+    if events[-1] == "error":
+        return "error", data[-1]["error"]
+    return events[-1], data[-1]
+
+
+def data_url(path: Path) -> dict:
+    return {"url": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode(),
+            "meta": {"_type": "gradio.FileData"}}
+
+
+def submit(browser, url, image_path, text, *, press: bool = True):
+    """Load the page fresh, upload `image_path`, type `text`, press Search (unless not `press`); returns a
+    WebDriverWait."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(url)
-    wait = WebDriverWait(browser, 60)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.05)
     upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-image input[type=file]")))
     upload.send_keys(str(image_path))
     # the upload is done when the preview image shows (or Gradio reports a refused upload)
@@ -77,7 +185,8 @@ def submit(browser, url, image_path, text):
     box = browser.find_element(By.CSS_SELECTOR, "#change-text textarea, #change-text input")
     box.clear()
     box.send_keys(text)
-    browser.find_element(By.CSS_SELECTOR, "#search-button").click()
+    if press:
+        browser.find_element(By.CSS_SELECTOR, "#search-button").click()
     return wait
 
 
@@ -116,22 +225,71 @@ def test_search_renders_results_and_lambda(browser, app_url, gallery_folder, sea
 
 @needs_browser
 @pytest.mark.slow
-def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, gallery_folder, tmp_path):
-    cases = []
-    cases.append((gallery_folder / "round" / "circle-red.png", "   ", "Type the change"))
-    cases.append((gallery_folder / "broken.png", "in blue", "not an image this demo can read"))
-    big = tmp_path / "big.png"
-    Image.new("RGB", (600, 600), "white").save(big)  # 0.36 MP, small file: over the pixel limit only
-    cases.append((big, "in blue", "megapixels"))
-    noisy = tmp_path / "noisy.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(noisy)
-    assert noisy.stat().st_size > MAX_UPLOAD_MB * 1024 * 1024  # over the byte limit (and under the pixel limit)
-    cases.append((noisy, "in blue", "exceed the maximum allowed size"))
+def test_bad_input_shows_a_message_not_a_traceback(browser, app_url, gallery_folder, over_the_limits):
+    cases = [
+        (gallery_folder / "round" / "circle-red.png", "   ", "Type the change"),
+        (gallery_folder / "broken.png", "in blue", "not an image this demo can read"),
+        (over_the_limits["pixels"], "in blue", "megapixels"),  # 0.36 MP, small file: over the pixel limit only
+        (over_the_limits["cmyk"], "in blue", "megapixels"),
+        (over_the_limits["bytes"], "in blue", "exceed the maximum allowed size"),  # refused by Gradio's upload route
+    ]
     for image, text, message in cases:
         wait = submit(browser, app_url, image, text)
         shown = wait_for_message(browser, wait)
         assert message in shown, (image.name, shown)
         assert "Traceback" not in browser.page_source
+
+
+@needs_browser
+@pytest.mark.slow
+def test_a_grey_pixel_bomb_is_refused_in_the_page_before_decoding(browser, served_app, over_the_limits):
+    from selenium.webdriver.common.by import By
+
+    app, url = served_app
+    wait = submit(browser, url, over_the_limits["bomb-L"], "in blue", press=False)  # 140 KB, 144 MP
+    with server_cost(app) as cost:
+        browser.find_element(By.CSS_SELECTOR, "#search-button").click()
+        shown = wait_for_message(browser, wait)
+    assert f"at most {MAX_PIXELS / 1e6:.1f} megapixels" in shown
+    assert_refused_cheaply(cost)
+    assert "Traceback" not in browser.page_source
+
+
+@pytest.mark.parametrize("name", ["bomb-L", "bomb-1", "bomb-P", "cmyk"])
+def test_uploads_of_every_mode_are_held_to_the_pixel_limit_before_decoding(served_app, over_the_limits, name):
+    app, url = served_app
+    image = api_upload(url, over_the_limits[name])
+    with server_cost(app) as cost:
+        event, message = api_search(url, image)
+    assert event == "error" and f"at most {MAX_PIXELS / 1e6:.1f} megapixels" in message, message
+    assert_refused_cheaply(cost)
+
+
+def test_data_urls_are_held_to_both_limits(served_app, gallery_folder, over_the_limits):
+    app, url = served_app
+    event, outputs = api_search(url, data_url(gallery_folder / "round" / "circle-red.png"))
+    assert event == "complete" and "top 5 of 12" in outputs[2]  # a data: URL within the limits is searched
+
+    for name, message in (("bytes", f"at most {MAX_UPLOAD_MB:g} MB"), ("bomb-1", "megapixels")):
+        image = data_url(over_the_limits[name])
+        with server_cost(app) as cost:
+            event, shown = api_search(url, image)
+        assert event == "error" and message in shown, (name, shown)
+        assert_refused_cheaply(cost)
+
+
+def test_only_uploaded_files_are_read(app_url, gallery_folder):
+    # a path on the server without Gradio's file metadata is not moved through Gradio's upload check: never opened
+    event, message = api_search(app_url, {"path": str(gallery_folder / "round" / "circle-red.png")})
+    assert (event, message) == ("error", NOT_UPLOADED)
+
+
+def test_the_byte_limit_holds_for_the_file_the_handler_gets(over_the_limits):
+    noisy = over_the_limits["bytes"]
+    for source in (noisy, noisy.read_bytes()):
+        with pytest.raises(ValueError, match=f"at most {MAX_UPLOAD_MB:g} MB"):
+            check_reference_image(source, max_pixels=MAX_PIXELS, max_upload_mb=MAX_UPLOAD_MB)
+    assert check_reference_image(noisy, max_pixels=MAX_PIXELS, max_upload_mb=1).size == (300, 300)
 
 
 def test_pixel_limit_is_checked_before_decoding(tmp_path):
@@ -171,8 +329,6 @@ def test_web_demo_indexes_its_gallery_once_and_again_for_a_new_encoder(gallery_f
 
 
 def test_building_the_page_writes_nothing_beside_the_package(searcher):
-    from pathlib import Path
-
     import scot_search.app
 
     build_app(searcher)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,38 @@ def test_errors_are_one_line_and_exit_2(gallery_index, gallery_folder, scot_fold
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def truncate(path: Path) -> None:
+    """Cut `path` to half its size, as a full disk or an interrupted copy leaves it."""
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_damaged_files_bad_text_and_unfitting_options_are_one_line(gallery_index, gallery_folder, scot_folder,
+                                                                   tmp_path, capsys):
+    damaged_index, damaged_model = tmp_path / "damaged-index", tmp_path / "damaged-model"
+    shutil.copytree(gallery_index, damaged_index)
+    truncate(damaged_index / "embeddings.safetensors")
+    shutil.copytree(scot_folder, damaged_model)
+    truncate(damaged_model / "model.safetensors")
+    cases = [
+        (["query", "--index", str(damaged_index), "--text", "x"],
+         f"gallery embeddings {str(damaged_index / 'embeddings.safetensors')!r} cannot be read"),
+        (["query", "--index", str(gallery_index), "--model", str(damaged_model), "--text", "x"],
+         f"weights of the model {str(damaged_model)!r} cannot be read"),
+        # what Python makes of command-line bytes that are not UTF-8 (b"in \xff blue")
+        (["query", "--index", str(gallery_index), "--text", "in \udcff blue"],
+         "'\\udcff' at position 3 is a lone surrogate"),
+        # 13 image files: refused before the model is loaded and anything is encoded or written
+        (["index", str(gallery_folder), "--model", str(damaged_model), "--output", str(tmp_path / "ivf"),
+          "--index_type", "ivf", "--nlist", "100"], "more lists than the gallery has images (13)"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        # the last line (above it, at most transformers' "Loading weights" progress bar)
+        assert message in err.strip().splitlines()[-1] and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "ivf").exists()
 
 
 @pytest.mark.slow

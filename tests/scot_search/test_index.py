@@ -59,6 +59,36 @@ def test_flat_search_equals_brute_force_ranking():
     assert index.search(queries[0], k=10_000)[1].shape == (1, 500)  # k beyond the gallery: the whole gallery
 
 
+def assert_exact_top_k(scores: np.ndarray, positions: np.ndarray, all_scores: np.ndarray) -> None:
+    """`scores` are the k best of each row of `all_scores`, `positions` where they are, listed by score and equal
+    scores by position."""
+    k = scores.shape[1]
+    np.testing.assert_array_equal(scores, -np.sort(-all_scores, axis=1)[:, :k])
+    np.testing.assert_array_equal(np.take_along_axis(all_scores, positions, axis=1), scores)
+    for row_scores, row_positions in zip(scores, positions):
+        np.testing.assert_array_equal(np.lexsort((row_positions, -row_scores)), np.arange(k))
+
+
+def test_one_query_and_blocks_of_many_find_the_exact_top_k_with_ties(monkeypatch):
+    import scot_search.index
+
+    # small integers: every score is exact whatever the order of summation, and many are equal
+    rng = np.random.default_rng(2)
+    gallery = rng.integers(-3, 4, (300, 16)).astype(np.float32)
+    queries = rng.integers(-3, 4, (25, 16)).astype(np.float32)
+    all_scores = queries @ gallery.T
+    index = GalleryIndex(gallery, [str(i) for i in range(300)])
+    one_by_one = [index.search(query, k=30) for query in queries]  # matrix-vector product + argpartition
+    assert_exact_top_k(np.concatenate([scores for scores, _ in one_by_one]),
+                       np.concatenate([positions for _, positions in one_by_one]), all_scores)
+    scores, positions = index.search(queries, k=30)  # matrix product + torch.topk
+    assert_exact_top_k(scores, positions, all_scores)
+    assert positions.dtype == np.int64 and scores.dtype == np.float32
+
+    monkeypatch.setattr(scot_search.index, "SCORE_BLOCK_BYTES", 4 * 300 * 4)  # blocks of 4 queries (and one of 1)
+    assert_exact_top_k(*index.search(queries, k=30), all_scores)
+
+
 @pytest.mark.parametrize("index_type, options", [("ivf", {"nlist": 16, "nprobe": 8}), ("hnsw", {"hnsw_m": 16})])
 def test_approximate_indexes_find_most_exact_neighbours_and_round_trip(tmp_path, index_type, options):
     rng = np.random.default_rng(1)
@@ -76,6 +106,19 @@ def test_approximate_indexes_find_most_exact_neighbours_and_round_trip(tmp_path,
     reloaded = GalleryIndex.load(tmp_path / "index")
     assert reloaded.index_type == index_type and reloaded.index_options == index.index_options
     np.testing.assert_array_equal(reloaded.search(queries, 10)[1], found)
+
+
+def test_index_options_faiss_would_fail_on_are_refused_with_the_gallery_size():
+    from scot_search.index import check_index_options
+
+    assert check_index_options("ivf", 4000, {}) == {"nlist": 102, "nprobe": 16}
+    assert check_index_options("ivf", 13, {"nlist": 13})["nlist"] == 13
+    with pytest.raises(ValueError, match=r"nlist = 14 \(--nlist\) is more lists than the gallery has images \(13\)"):
+        check_index_options("ivf", 13, {"nlist": 14})
+    with pytest.raises(ValueError, match="must be at least 1: hnsw_m = -2"):
+        check_index_options("hnsw", 100, {"hnsw_m": -2})
+    with pytest.raises(ValueError, match="more lists than the gallery"):  # the Python API checks as the CLI does
+        GalleryIndex(np.eye(8, dtype=np.float32), [str(i) for i in range(8)], index_type="ivf", nlist=9)
 
 
 def test_interrupted_encoding_resumes_at_the_first_missing_chunk(gallery_folder, model_and_processor, tmp_path,

@@ -57,6 +57,8 @@ def test_bad_queries_get_clear_errors(searcher, gallery_folder, tmp_path):
         searcher.query(image=tmp_path / "missing.png", text="in blue")
     with pytest.raises(ValueError, match="Could not read the image file .*broken.png"):
         searcher.query(image=gallery_folder / "broken.png", text="in blue")
+    with pytest.raises(ValueError, match="lone surrogate"):  # e.g. "\\udcff" in a JSON request to the web page
+        searcher.query(image=gallery_folder / "round" / "circle-red.png", text="in \udcff blue")
 
 
 def test_index_of_another_encoder_is_refused(gallery_index, scot_folder):
