@@ -23,6 +23,7 @@ import torch
 
 from .models import PROMPT_CONFIG_NAME, load_causal_lm, load_tokenizer, resolve_model
 from .prompts import PROMPT_STYLES, TripletFilter, build_messages, render_prompt, target_text
+from .sources import read_json_lines
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -38,20 +39,11 @@ def read_triplets(paths: Iterable[str]) -> list[dict[str, str]]:
     """Triplets from JSON-lines files with `caption`, `modification`, `modified_caption`; bad lines are errors."""
     triplets = []
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
-                missing = [key for key in TRIPLET_KEYS if not str(record.get(key) or "").strip()]
-                if missing:
-                    raise ValueError(
-                        f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}"
-                    )
-                triplets.append({key: record[key].strip() for key in TRIPLET_KEYS})
+        for line_number, record in read_json_lines(path):
+            missing = [key for key in TRIPLET_KEYS if not str(record.get(key) or "").strip()]
+            if missing:
+                raise ValueError(f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}")
+            triplets.append({key: str(record[key]).strip() for key in TRIPLET_KEYS})
     return triplets
 
 

@@ -5,12 +5,14 @@
 
 Inputs are cut into shards of `--shard_size` rows in a fixed order. Each shard is generated with its own seed,
 written atomically, then marked done, so a killed run (even `kill -9`) rerun with the same command continues
-where it stopped: finished shards are kept, the unfinished one is redone, no row is lost or written twice.
+where it stopped: finished shards are kept, the unfinished one is redone, no row is lost or written twice. Until
+the last shard and the card are written, the folder is marked incomplete (see `dataset_io`), so that neither
+`load_dataset` nor training reads a part of it as the dataset. Each kept row's image is decoded once first: a row
+whose image is missing or unreadable is skipped and counted.
 With `accelerate launch --num_processes N -m data_gen.generate ...` each process takes every N-th shard.
 """
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -21,8 +23,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from scot_core import read_json
+
 from .dataset_io import (
     atomic_write_json,
+    mark_complete,
+    mark_incomplete,
     merge_stats,
     push_to_hub,
     read_shard_states,
@@ -32,7 +38,7 @@ from .dataset_io import (
 )
 from .models import load_causal_lm, load_tokenizer, read_prompt_config, resolve_model
 from .prompts import PROMPT_STYLES, RejectionCounter, TripletFilter, build_messages, parse_completion, render_prompt
-from .sources import CaptionRow, DatasetSource, ImageFolderSource, clean_rows
+from .sources import CaptionRow, DatasetSource, ImageFolderSource, clean_rows, image_problem
 from .templates import TemplateGenerator
 
 if TYPE_CHECKING:
@@ -325,8 +331,7 @@ def record_run(args: GenerationArguments, rows: list[CaptionRow], num_shards: in
     if not os.path.exists(run_path):
         atomic_write_json(run_path, run_record)
         return
-    with open(run_path) as handle:
-        previous = json.load(handle)
+    previous = read_json(run_path, "generation run record")
     if previous != run_record:
         changed = sorted(k for k in run_record["settings"] if previous["settings"].get(k) != settings[k])
         if previous["inputs"] != run_record["inputs"]:
@@ -341,21 +346,28 @@ def _shard_rows(args: GenerationArguments, rows: list[CaptionRow], shard_index: 
     return rows[shard_index * args.shard_size : (shard_index + 1) * args.shard_size]
 
 
-def _shard_records(args: GenerationArguments, source: DatasetSource | ImageFolderSource, kept: list) -> list[dict]:
-    """The dataset rows of a shard's kept triplets `(row, modification, modified caption, generator name)`."""
-    images = source.images([row for row, *_ in kept]) if args.embed_images else [None] * len(kept)
-    return [
-        {
+def _shard_records(args: GenerationArguments, source: DatasetSource | ImageFolderSource, kept: list,
+                   rejections: RejectionCounter) -> list[dict]:
+    """The dataset rows of a shard's kept triplets `(row, modification, modified caption, generator name)`. When the
+    source has images, a triplet whose image is missing or cannot be decoded is dropped and counted in `rejections`
+    (even with --no_embed_images: the row would be of no use without it)."""
+    images = source.images([row for row, *_ in kept]) if source.has_images else [None] * len(kept)
+    records = []
+    for (row, modification, modified_caption, generator_name), image in zip(kept, images):
+        problem = image_problem(image) if source.has_images else None
+        if problem is not None:
+            rejections[problem] += 1
+            continue
+        records.append({
             "id": row.id,
-            "image": image,
+            "image": image if args.embed_images else None,
             "caption": row.caption,
             "modification": modification,
             "modified_caption": modified_caption,
             "source": source.name,
             "generator": generator_name,
-        }
-        for (row, modification, modified_caption, generator_name), image in zip(kept, images)
-    ]
+        })
+    return records
 
 
 def generate_shards(args: GenerationArguments, source: DatasetSource | ImageFolderSource, rows: list[CaptionRow],
@@ -374,7 +386,7 @@ def generate_shards(args: GenerationArguments, source: DatasetSource | ImageFold
     for shard_index in (i for i in shards if i not in done):
         batch_rows = _shard_rows(args, rows, shard_index)
         kept, rejections = generator.generate(batch_rows, seed=args.seed * 100_003 + shard_index)
-        records = _shard_records(args, source, kept)
+        records = _shard_records(args, source, kept, rejections)
         per_generator = RejectionCounter(record["generator"] for record in records)
         state = {
             "input_ids": [row.id for row in batch_rows],
@@ -418,6 +430,8 @@ def save_dataset(args: GenerationArguments, source: DatasetSource | ImageFolderS
         complete=len(states) == num_shards,
     )
     write_card(args.output_dir, stats, repo_or_folder=args.push_to_hub)
+    if stats["complete"]:
+        mark_complete(args.output_dir, stats, num_shards)  # last: every shard and the card are in place
     if args.push_to_hub:
         push_to_hub(args.output_dir, args.push_to_hub, private=args.private)
     return stats
@@ -434,6 +448,8 @@ def run_generation(args: GenerationArguments) -> dict | None:
     if accelerator.is_main_process:
         record_run(args, rows, num_shards)
         remove_stale_temporaries(args.output_dir)
+        if len(read_shard_states(args.output_dir)) < num_shards:
+            mark_incomplete(args.output_dir, num_shards)  # before any shard: a killed run reads as incomplete
     accelerator.wait_for_everyone()
 
     done = read_shard_states(args.output_dir)
@@ -457,16 +473,25 @@ def _example_prompt(args: GenerationArguments, generator: TripletGenerator | Non
     return generator.prompt(caption, "both" if prompt_style == "one_step" else "modification")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`scot-generate` / `python -m data_gen.generate`: 0 when done, 2 (and one line on stderr) for bad input."""
     from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
-    stats = run_generation(args)
+    try:
+        stats = run_generation(args)
+    # Bad input (a malformed, non-UTF-8 or missing file, a column not found, settings that differ from the run in
+    # --output_dir) and a full disk: what the user must fix, said in one line. Anything else is a bug and keeps its
+    # traceback.
+    except (ValueError, OSError) as error:
+        print(f"scot-generate: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     if stats is not None:
         print(
             f"{stats['kept_rows']} triplets kept of {stats['generated_rows']} rows generated → {args.output_dir}; "
             f"rejections: {stats['rejections']}"
         )
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ adapter."""
 
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 from typing import TYPE_CHECKING
 
 import torch
+
+from scot_core import read_json
 
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
@@ -120,6 +121,5 @@ def read_prompt_config(adapter: str | None) -> dict | None:
     """The prompt settings an adapter was tuned with, or None."""
     path = os.path.join(adapter, PROMPT_CONFIG_NAME) if adapter else None
     if path and os.path.exists(path):
-        with open(path) as handle:
-            return json.load(handle)
+        return read_json(path, "adapter prompt settings")
     return None

@@ -7,15 +7,21 @@
   `metadata.jsonl` / `metadata.csv` with `file_name` and a caption column (the `imagefolder` convention).
 
 Both expose `rows()` → list of `CaptionRow` (cheap: captions only) and `images(rows)` → `{"bytes", "path"}` each, read
-only when a kept triplet is written, so millions of captions never hold their images in memory.
+only when a kept triplet is written, so millions of captions never hold their images in memory; `image_problem`
+decodes each of those once before it is kept. A malformed or non-UTF-8 input file is a `ValueError` naming the file
+(and the line, for JSON Lines) and what was expected.
 """
 
 import csv
+import io
 import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from scot_core import ImageLoadError, is_missing_image, load_image
 
 from .prompts import RejectionCounter, normalize
 
@@ -23,6 +29,42 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+logger = logging.getLogger(__name__)
+
+
+def read_text_file(path: str, what: str = "text file") -> str:
+    """A UTF-8 text file's content, or a ValueError naming the file when it is not UTF-8."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"The {what} {path!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as "
+                         "UTF-8.") from None
+
+
+def read_json_lines(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-blank line of a JSON Lines file; a ValueError naming the file and the line
+    when a line is not UTF-8, not JSON, or not a JSON object."""
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            where = f"{path}:{line_number}"
+            try:
+                line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start} of the line); save "
+                                 "the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg}, column {error.colno}); expected one JSON "
+                                 "object per line.") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected one JSON object per line, got a {type(record).__name__}.")
+            yield line_number, record
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,7 @@ class DatasetSource:
                  image_column: str | None = "image", split: str = "train", name: str | None = None,
                  id_column: str | None = None) -> None:
         from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+        from datasets.exceptions import DatasetGenerationError
 
         described = dataset if isinstance(dataset, str) else type(dataset).__name__
         if isinstance(dataset, str):
@@ -48,7 +91,12 @@ class DatasetSource:
             if os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, mark)) for mark in saved_marks):
                 dataset = load_from_disk(dataset)
             else:
-                dataset = load_dataset(dataset, split=split)
+                try:
+                    dataset = load_dataset(dataset, split=split)
+                except DatasetGenerationError as error:  # a malformed data file; the cause says what is wrong
+                    cause = error.__cause__ or error
+                    raise ValueError(f"could not read the dataset {described!r}: {cause} (expected data files that "
+                                     "`datasets` reads: parquet, CSV, UTF-8 JSON / JSON Lines, ...)") from None
         if isinstance(dataset, DatasetDict):
             if split not in dataset:
                 raise ValueError(f"split {split!r} not found in {described}; splits found: {sorted(dataset)}")
@@ -69,6 +117,10 @@ class DatasetSource:
         if not name:
             name = os.path.basename(os.path.normpath(described)) if isinstance(described, str) else "dataset"
         self.name = name
+
+    @property
+    def has_images(self) -> bool:
+        return self.image_column is not None
 
     def rows(self) -> list[CaptionRow]:
         captions = self.dataset[self.caption_column]
@@ -109,6 +161,8 @@ def _image_value(value: object) -> dict | None:
     if isinstance(value, str):
         value = {"bytes": None, "path": value}
     if value.get("bytes") is None and value.get("path"):
+        if not os.path.isfile(value["path"]):
+            return None  # counted as a missing image
         with open(value["path"], "rb") as handle:
             return {"bytes": handle.read(), "path": os.path.basename(value["path"])}
     return {"bytes": value["bytes"], "path": os.path.basename(value["path"]) if value.get("path") else None}
@@ -116,6 +170,8 @@ def _image_value(value: object) -> dict | None:
 
 class ImageFolderSource:
     """Images under `folder` (recursively) with captions from sidecar files or a metadata file."""
+
+    has_images = True  # every row is an image file
 
     def __init__(self, folder: str, caption_extension: str = ".txt", caption_column: str = "caption",
                  name: str | None = None) -> None:
@@ -132,17 +188,19 @@ class ImageFolderSource:
             path = os.path.join(self.folder, filename)
             if not os.path.exists(path):
                 continue
-            with open(path, newline="", encoding="utf-8") as handle:
-                if filename.endswith(".jsonl"):
-                    records = [json.loads(line) for line in handle if line.strip()]
-                else:
-                    records = list(csv.DictReader(handle))
-            if records and (self.caption_column not in records[0] or "file_name" not in records[0]):
-                raise ValueError(
-                    f"{path} needs columns 'file_name' and {self.caption_column!r}; "
-                    f"columns found: {sorted(records[0])}"
-                )
-            return {os.path.normpath(record["file_name"]): record[self.caption_column] for record in records}
+            if filename.endswith(".jsonl"):
+                numbered = read_json_lines(path)
+            else:  # line 1 is the header
+                numbered = enumerate(csv.DictReader(io.StringIO(read_text_file(path, "metadata file"))), 2)
+            captions = {}
+            for line_number, record in numbered:
+                if self.caption_column not in record or "file_name" not in record:
+                    raise ValueError(
+                        f"{path}:{line_number}: expected keys 'file_name' and {self.caption_column!r}; "
+                        f"keys found: {sorted(key for key in record if key is not None)}"
+                    )
+                captions[os.path.normpath(str(record["file_name"]))] = record[self.caption_column]
+            return captions
         return None
 
     def rows(self) -> list[CaptionRow]:
@@ -161,19 +219,36 @@ class ImageFolderSource:
                 caption = metadata.get(os.path.normpath(relative_path))
             else:
                 caption_path = os.path.join(self.folder, os.path.splitext(relative_path)[0] + self.caption_extension)
-                caption = open(caption_path, encoding="utf-8").read() if os.path.exists(caption_path) else None
+                caption = read_text_file(caption_path, "caption file") if os.path.exists(caption_path) else None
             if caption is None:
                 self.missing_captions += 1  # reported as a skip reason, never fatal
                 continue
             rows.append(CaptionRow(f"{self.name}:{relative_path}", caption, relative_path))
         return rows
 
-    def image(self, row: CaptionRow) -> dict:
-        with open(os.path.join(self.folder, row.key), "rb") as handle:
-            return {"bytes": handle.read(), "path": os.path.basename(row.key)}
+    def image(self, row: CaptionRow) -> dict | None:
+        """The file's bytes, or None when it is gone (removed since `rows()`: counted as a missing image)."""
+        try:
+            with open(os.path.join(self.folder, row.key), "rb") as handle:
+                return {"bytes": handle.read(), "path": os.path.basename(row.key)}
+        except FileNotFoundError:
+            return None
 
-    def images(self, rows: list[CaptionRow]) -> list[dict]:
+    def images(self, rows: list[CaptionRow]) -> list[dict | None]:
         return [self.image(row) for row in rows]
+
+
+def image_problem(value: dict | None) -> str | None:
+    """None when the image `value` (`{"bytes", "path"}`) decodes, within `load_image`'s pixel limit; else the reason to
+    skip its row: `missing_image`, or `unreadable_image` (not an image, damaged, a decompression bomb), logged."""
+    if is_missing_image(value):
+        return "missing_image"
+    try:
+        load_image(value)
+    except ImageLoadError as error:
+        logger.warning("skipping a row whose image cannot be used: %s", error)
+        return "unreadable_image"
+    return None
 
 
 def clean_rows(rows: Iterable[CaptionRow], max_caption_words: int = 60,

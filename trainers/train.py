@@ -146,9 +146,14 @@ def checkpoint_to_resume(training_args: ScotTrainingArguments) -> str | None:
 
 
 def load_triplets(dataset_name: str, data_args: DataArguments, seed: int):
-    """(train rows, held-out rows or None) of the triplet dataset."""
+    """(train rows, held-out rows or None) of the triplet dataset. A local folder that data_gen records as incomplete
+    (a generation run killed or still running) is refused, one without any record is read with a loud warning."""
     from datasets import load_dataset
 
+    from data_gen.dataset_io import check_complete
+
+    if os.path.isdir(dataset_name):
+        check_complete(dataset_name)
     raw = load_dataset(dataset_name, data_args.dataset_config_name)
     for split in (data_args.train_split, data_args.eval_split):
         if split and split not in raw:

@@ -1,5 +1,7 @@
 import glob
+import io
 import os
+import re
 
 import pytest
 from datasets import load_dataset
@@ -74,7 +76,7 @@ def test_malformed_model_output_is_counted_and_skipped():
     assert rejections.as_dict() == {"unparseable": 2}
 
 
-def test_captions_only_dataset_and_changed_settings_refuse_to_resume(tmp_path):
+def test_captions_only_dataset_and_changed_settings_refuse_to_resume(tmp_path, capsys):
     from datasets import Dataset
 
     Dataset.from_dict({"text": ["a red car", "", "a blue vase with a rose"]}).save_to_disk(tmp_path / "captions")
@@ -83,12 +85,14 @@ def test_captions_only_dataset_and_changed_settings_refuse_to_resume(tmp_path):
     triplets = load_dataset(str(tmp_path / "out"), split="train")
     assert len(triplets) == 2 and triplets["image"] == [None, None]
     assert "| `empty_caption` | 1 |" in open(tmp_path / "out" / "README.md").read()
-    with pytest.raises(ValueError, match="other settings \\(seed\\)"):
-        main([
-            *common, "--output_dir", str(tmp_path / "out"), "--engine", "templates", "--no_embed_images", "--seed", "1"
-        ])
-    with pytest.raises(ValueError, match=r"caption column 'caption' not found .*columns found: \['text'\]"):
-        main(["--dataset", str(tmp_path / "captions"), "--output_dir", str(tmp_path / "x"), "--engine", "templates"])
+    capsys.readouterr()
+    assert main([
+        *common, "--output_dir", str(tmp_path / "out"), "--engine", "templates", "--no_embed_images", "--seed", "1"
+    ]) == 2
+    assert "other settings (seed)" in capsys.readouterr().err
+    assert main(["--dataset", str(tmp_path / "captions"), "--output_dir", str(tmp_path / "x"), "--engine",
+                 "templates"]) == 2
+    assert re.search(r"caption column 'caption' not found .*columns found: \['text'\]", capsys.readouterr().err)
 
 
 def test_push_to_hub_goes_up_to_the_network(image_folder, tmp_path, monkeypatch):
@@ -113,3 +117,108 @@ def test_push_to_hub_goes_up_to_the_network(image_folder, tmp_path, monkeypatch)
     assert upload["repo_type"] == "dataset" and upload["allow_patterns"] == ["README.md", "data/*.parquet"]
     # resume records exist but are not uploaded
     assert os.path.isdir(os.path.join(upload["folder_path"], ".generation"))
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs (not even `except Exception`)."""
+
+
+def _kill_after_shards(monkeypatch, shards):
+    import data_gen.generate as generate
+
+    write_shard, written = generate.write_shard, []
+
+    def write_then_die(*args, **kwargs):
+        if len(written) == shards:
+            raise _Killed
+        write_shard(*args, **kwargs)
+        written.append(args[1])
+
+    monkeypatch.setattr(generate, "write_shard", write_then_die)
+
+
+def test_a_killed_run_reads_as_incomplete_until_a_rerun_finishes_it(image_folder, tmp_path, monkeypatch):
+    # Issue 12, item 6: a killed run's folder used to load as a smaller dataset, without a word
+    from data_gen.dataset_io import IncompleteDatasetError, check_complete
+
+    output_dir = tmp_path / "out"
+    command = ["--image_folder", image_folder, "--output_dir", str(output_dir), "--shard_size", "5",
+               "--engine", "templates"]
+    _kill_after_shards(monkeypatch, 2)
+    with pytest.raises(_Killed):
+        main(command)
+    assert len(glob.glob(str(output_dir / "data" / "*.parquet"))) == 2  # two shards were written before the kill
+    with pytest.raises(IncompleteDatasetError, match=r"generation was interrupted.*rerun .*data_gen\.generate"):
+        check_complete(output_dir)
+    with pytest.raises(FileNotFoundError):  # plain load_dataset does not read the two shards as the dataset
+        load_dataset(str(output_dir), split="train")
+    assert "not finished" in (output_dir / "README.md").read_text()
+
+    monkeypatch.undo()
+    _kill_after_shards(monkeypatch, 1)
+    with pytest.raises(_Killed):  # a resumed run killed again: still incomplete
+        main(command)
+    with pytest.raises(IncompleteDatasetError):
+        check_complete(output_dir)
+
+    monkeypatch.undo()
+    assert main(command) == 0
+    assert check_complete(output_dir) is True
+    assert sorted(load_dataset(str(output_dir), split="train")["id"]) == [f"images:img{i:05d}.png" for i in range(24)]
+
+
+def _decompression_bomb_png(width=20_000, height=20_000):
+    """A valid 1x1 PNG whose header claims width x height pixels (400 MP): cheap to write, costly to decode."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    PILImage.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(png[24:29])  # width, height, then depth .. interlace
+    png[12:29] = header
+    png[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(png)
+
+
+def test_unreadable_images_are_skipped_and_counted_not_embedded(image_folder, tmp_path):
+    # Issue 12, item 6: a text file and a 400 MP bomb were embedded and counted as kept triplets; ds[i] then raised
+    folder = tmp_path / "images"
+    (folder / "not-an-image.png").write_text("hello, I am text")
+    (folder / "not-an-image.txt").write_text("a brown dog running on the beach number 100")
+    (folder / "bomb.png").write_bytes(_decompression_bomb_png())
+    (folder / "bomb.txt").write_text("a red car parked on a street number 101")
+    triplets = _generate(image_folder, tmp_path / "out", "--engine", "templates")
+    assert sorted(triplets["id"]) == [f"images:img{i:05d}.png" for i in range(24)]
+    assert all(row["image"].size == (8, 8) for row in triplets)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| `unreadable_image` | 2 |" in card and "triplets kept: **24**" in card
+
+
+def test_input_errors_are_one_line_and_exit_status_2(image_folder, tmp_path, capsys):
+    # Issue 12, item 10: a malformed or non-UTF-8 input names its file (and line), no traceback
+    (tmp_path / "images" / "metadata.jsonl").write_text('{"file_name": "img00000.png", "caption": "a dog"}\n{oops\n')
+    status = main(["--image_folder", image_folder, "--output_dir", str(tmp_path / "out"), "--engine", "templates"])
+    error = capsys.readouterr().err
+    assert status == 2 and len(error.strip().splitlines()) == 1
+    assert "metadata.jsonl:2" in error and "expected one JSON object per line" in error
+
+
+@pytest.mark.slow
+def test_scot_generate_console_script_says_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "images").mkdir()
+    PILImage.new("RGB", (4, 4)).save(tmp_path / "images" / "x.png")
+    (tmp_path / "images" / "x.txt").write_bytes(b"caf\xe9")
+    script = Path(sys.executable).with_name("scot-generate")
+    result = subprocess.run(
+        [str(script), "--image_folder", str(tmp_path / "images"), "--output_dir", str(tmp_path / "out"),
+         "--engine", "templates"],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("scot-generate: error: The caption file ")
+    assert "Traceback" not in result.stderr and "x.txt" in result.stderr

@@ -13,6 +13,8 @@ import pytest
 from datasets import Dataset, Features, Image, Value, load_dataset
 from PIL import Image as PILImage
 
+from data_gen.dataset_io import IncompleteDatasetError, check_complete
+
 from .conftest import CAPTIONS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +57,11 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tiny_llm, tmp_pa
     process.wait()
     shards_at_kill = len(glob.glob(done_marks))
     assert 3 <= shards_at_kill < num_shards, "the kill must land mid-run"
+    # Issue 12, item 6: the killed run's folder is not read as a smaller dataset
+    with pytest.raises(IncompleteDatasetError, match="rerun"):
+        check_complete(output_dir)
+    with pytest.raises(FileNotFoundError):
+        load_dataset(str(output_dir), split="train")
 
     finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -64,6 +71,7 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tiny_llm, tmp_pa
     expected = {f"src:{i}" for i in range(NUM_ROWS)}
     assert set(counts) == expected and max(counts.values()) == 1
     assert len(glob.glob(os.path.join(output_dir, "data", f"train-*-of-{num_shards:05d}.parquet"))) == num_shards
-    assert not glob.glob(os.path.join(output_dir, "**", "*.tmp-*"), recursive=True)
+    assert not glob.glob(os.path.join(output_dir, "**", "*.tmp*"), recursive=True, include_hidden=True)
     assert f"num_examples: {NUM_ROWS}" in open(os.path.join(output_dir, "README.md")).read()
     assert triplets[0]["image"].size == (8, 8)
+    assert check_complete(output_dir) is True

@@ -67,7 +67,7 @@ def test_image_folder_with_metadata_file(tmp_path):
     assert [row.caption for row in ImageFolderSource(str(tmp_path), caption_column="text").rows()] == [
         "a black square"
     ]
-    with pytest.raises(ValueError, match="needs columns 'file_name' and 'caption'"):
+    with pytest.raises(ValueError, match="metadata.jsonl:1: expected keys 'file_name' and 'caption'"):
         ImageFolderSource(str(tmp_path)).rows()
     with pytest.raises(ValueError, match="no images"):
         (tmp_path / "empty").mkdir()
@@ -90,3 +90,50 @@ def test_clean_rows_counts_empty_long_and_duplicate_captions():
     assert skipped.as_dict() == {"caption_too_long": 1, "duplicate_caption": 1, "empty_caption": 2}
     kept, skipped = clean_rows(rows, duplicates="keep")
     assert [row.id for row in kept] == ["1", "3", "6"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"file_name": "x.png", "caption": "a"}\n{"file_name": "x.png", "caption": \n', r"metadata.jsonl:2: .*not "
+         r"valid JSON .*expected one JSON object per line"),
+        (b'{"file_name": "x.png", "caption": "a"}\n\n["x.png", "a"]\n', r"metadata.jsonl:3: expected one JSON object "
+         r"per line, got a list"),
+        (b'{"file_name": "x.png", "caption": "a"}\n{"caption": "b"}\n', r"metadata.jsonl:2: expected keys 'file_name' "
+         r"and 'caption'; keys found: \['caption'\]"),
+        (b'{"file_name": "x.png", "caption": "a"}\n{"file_name": "x.png", "caption": "caf\xe9"}\n',
+         r"metadata.jsonl:2: not UTF-8 text"),
+    ],
+)
+def test_a_bad_metadata_jsonl_names_the_file_the_line_and_what_was_expected(tmp_path, content, message):
+    # Issue 12, item 10: a bare JSONDecodeError / UnicodeDecodeError / KeyError did not say which file
+    PILImage.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    (tmp_path / "metadata.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        ImageFolderSource(str(tmp_path)).rows()
+    assert str(tmp_path / "metadata.jsonl") in str(error.value)
+
+
+def test_non_utf8_captions_and_metadata_csv_name_their_file(tmp_path):
+    PILImage.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    (tmp_path / "x.txt").write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(ValueError, match=r"x\.txt.* not UTF-8 text"):
+        ImageFolderSource(str(tmp_path)).rows()
+    (tmp_path / "metadata.csv").write_bytes(b"file_name,caption\nx.png,caf\xe9\n")
+    with pytest.raises(ValueError, match=r"metadata\.csv.* not UTF-8 text"):
+        ImageFolderSource(str(tmp_path)).rows()
+
+
+def test_a_dataset_folder_with_malformed_json_names_the_dataset(tmp_path):
+    (tmp_path / "captions").mkdir()
+    (tmp_path / "captions" / "train.jsonl").write_text('{"caption": "a red car"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"could not read the dataset .*captions.*JSON parse error"):
+        DatasetSource(str(tmp_path / "captions"), image_column=None)
+
+
+def test_images_that_cannot_be_decoded_are_told_apart_from_missing_ones(tmp_path):
+    from data_gen.sources import image_problem
+
+    assert image_problem({"bytes": _png("red"), "path": None}) is None
+    assert image_problem(None) == "missing_image"
+    assert image_problem({"bytes": b"not an image", "path": "a.png"}) == "unreadable_image"

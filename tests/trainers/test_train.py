@@ -478,3 +478,23 @@ def test_retrieved_image_targets_train_end_to_end(workspace, tmp_path):
     assert math.isfinite(trainer.train().training_loss)
     with pytest.raises(ValueError, match="needs the embedding cache"):
         build_trainer(model_args, DataArguments(use_embedding_cache=False, target="retrieved_image"), training_args)
+
+
+def test_load_triplets_refuses_an_incomplete_folder_and_warns_on_one_without_a_record(workspace, tmp_path, caplog):
+    # Issue 12, item 6: a killed generation run's folder used to train as a smaller dataset, without a word
+    from data_gen.generate import main as generate
+    from tests.data_gen.conftest import make_image_folder
+    from trainers.train import load_triplets
+
+    triplets = tmp_path / "triplets"
+    generate(["--image_folder", make_image_folder(tmp_path / "images", 6), "--output_dir", str(triplets),
+              "--engine", "templates", "--shard_size", "4"])
+    data_args = DataArguments(eval_fraction=0.0)
+    assert len(load_triplets(str(triplets), data_args, seed=0)[0]) == 6
+    status = triplets / ".generation" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "complete": False}))
+    with pytest.raises(ValueError, match=r"incomplete.*rerun .*data_gen\.generate.* with the same arguments"):
+        load_triplets(str(triplets), data_args, seed=0)
+    with caplog.at_level("WARNING"):
+        train, _ = load_triplets(str(workspace["data"]), data_args, seed=0)
+    assert len(train) == 64 and "no record of being complete" in caplog.text
