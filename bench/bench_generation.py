@@ -105,7 +105,8 @@ def speed(tokenizer, captions, adapter, prompt_style, num_shots, batch_size, fas
         entry["answers_differing_from_baseline"] = sum(a != b for a, b in zip(completions, baseline[1]))
         results.append(entry)
         print(json.dumps(entry), flush=True)
-    del plain, fast_models
+    runs.clear()  # free the models before the next section loads its own
+    fast_models.clear()
     return {
         "captions": len(captions),
         "adapter": adapter,
