@@ -7,11 +7,12 @@ Needs a finished `make demo` (its backbone, triplets, embedding cache and multi-
 `{output_dir}/ablations/results.json` (every run: its setting, the validation recall, the per-kind benchmark
 metrics) and `{output_dir}/ablations/ablations.md` (the tables docs/ablations.md shows).
 
-The search, the same for each loss (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the loss's
-own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin λ 0.2 / 0.5), 4 settings each. The selection metric is the composed → modified-caption
-recall@1 on the 5% validation slice of the triplets, which `ScotTrainer` logs (for retrieved-image targets,
-composed → retrieved image of the same slice). Every searched setting is also evaluated on every kind of the benchmark (reported, never used to select); the
-selected setting of the default (the paper's loss on text targets) is retrained with each seed for the spread.
+The search, the same for each loss (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the
+loss's own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin λ 0.2 / 0.5), 4 settings
+each. The selection metric is the composed → modified-caption recall@1 on the 5% validation slice of the triplets,
+which `ScotTrainer` logs (for image-derived targets, composed → that target on the same slice). Every searched
+setting is also evaluated on every kind of the benchmark (reported, never used to select); the selected setting of
+the default (the paper's loss on text targets) is retrained with each seed for the spread.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ def test_every_loss_gets_the_same_number_of_settings_over_the_same_epochs_and_ra
         knob, values = ablations.LOSS_KNOB[loss]
         assert {setting["num_train_epochs"] for setting in settings} == set(ablations.EPOCHS)
         assert {setting["learning_rate"] for setting in settings} == set(ablations.LEARNING_RATES)
-    assert len(ablations.grid("scot", (1e-4, 3e-4))) == 2 * len(grids["scot"])
         assert {setting[knob] for setting in settings} == set(values)
+    assert len(ablations.grid("scot", (1e-4, 3e-4))) == 2 * len(grids["scot"])
 
 
 def test_report_tables_give_mean_and_spread_over_seeds_and_every_searched_setting():
