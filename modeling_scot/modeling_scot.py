@@ -38,6 +38,15 @@ def _margin_masked(similarity: torch.Tensor, margin: float) -> torch.Tensor:
     return similarity * (similarity > margin).to(similarity.dtype)
 
 
+def _check_pairs(loss_name: str, composed_embeds: torch.Tensor, modified_caption_embeds: torch.Tensor) -> None:
+    """Row i of the composed embeddings is the query of row i of the modified captions."""
+    if composed_embeds.shape != modified_caption_embeds.shape:
+        raise ValueError(
+            f"{loss_name} expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
+            f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
+        )
+
+
 def scot_loss(
     composed_embeds: torch.Tensor,
     modified_caption_embeds: torch.Tensor,
@@ -69,11 +78,7 @@ def scot_loss(
     - Eq. 8 sums over all (i, j) including i = j: a row's own original caption is one of its negatives (the point of
       the term: move away from what the reference image already shows).
     """
-    if composed_embeds.shape != modified_caption_embeds.shape:
-        raise ValueError(
-            "scot_loss expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
-            f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
-        )
+    _check_pairs("scot_loss", composed_embeds, modified_caption_embeds)
     similarity = _cosine_matrix(composed_embeds, modified_caption_embeds)  # S(V_c^i, T_u^j)
     positive_loss = -torch.logsumexp(similarity.diagonal(), dim=0)  # Eq. 4
 
@@ -92,14 +97,9 @@ def _logsumexp_where(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(values[keep], dim=0)
 
 
-def scot_split_loss(
-    composed_embeds: torch.Tensor,
-    modified_caption_embeds: torch.Tensor,
-    caption_embeds: torch.Tensor | None = None,
-    alpha_pos: float = 10.0,
-    alpha_neg: float = 0.1,
-    margin: float = 0.2,
-) -> torch.Tensor:
+def scot_split_loss(composed_embeds: torch.Tensor, modified_caption_embeds: torch.Tensor,
+                    caption_embeds: torch.Tensor | None = None, alpha_pos: float = 10.0, alpha_neg: float = 0.1,
+                    margin: float = 0.2) -> torch.Tensor:
     r"""A *reading* of the SCOT loss, not the paper's equations: Eq. 4-9 with the two surprises of the literal form
     removed (see `scot_loss`). Offered so that the literal form can be compared with what it plausibly means.
 
@@ -109,11 +109,7 @@ def scot_split_loss(
     - L''_neg = L'_neg + log Σ_{i,j: S(V_c^i, T^j) > λ} exp S(V_c^i, T^j) (original captions, when given).
     - L = α_pos · L_pos + α_neg · L''_neg. An empty set of hard negatives contributes 0.
     """
-    if composed_embeds.shape != modified_caption_embeds.shape:
-        raise ValueError(
-            "scot_split_loss expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
-            f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
-        )
+    _check_pairs("scot_split_loss", composed_embeds, modified_caption_embeds)
     similarity = _cosine_matrix(composed_embeds, modified_caption_embeds)
     positive_loss = -similarity.diagonal().mean()
     off_diagonal = ~torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
@@ -135,11 +131,7 @@ def infonce_loss(
 
     With `caption_embeds` (`[M, d]`), the original captions are extra negatives of every row (Eq. 8's idea in
     InfoNCE form): the logits are `[S(V_c, T_u) | S(V_c, T)] / temperature`, the label still modified caption i."""
-    if composed_embeds.shape != modified_caption_embeds.shape:
-        raise ValueError(
-            "infonce_loss expects composed_embeds and modified_caption_embeds of the same shape [N, d], got "
-            f"{tuple(composed_embeds.shape)} and {tuple(modified_caption_embeds.shape)}."
-        )
+    _check_pairs("infonce_loss", composed_embeds, modified_caption_embeds)
     logits = _cosine_matrix(composed_embeds, modified_caption_embeds)
     if caption_embeds is not None:
         logits = torch.cat([logits, _cosine_matrix(composed_embeds, caption_embeds)], dim=1)
@@ -509,11 +501,8 @@ class ScotModel(ScotPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
-        pixel_values: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        text_embeds: torch.Tensor | None = None,
-        return_text_weight: bool = False,
-        **kwargs,
+        pixel_values: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None, return_text_weight: bool = False, **kwargs,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         r"""The composed query V_c for reference images and modification texts: the one entry point evaluation,
         search and training use, whatever the composer.
@@ -581,13 +570,8 @@ class ScotModel(ScotPreTrainedModel):
         if modified_caption_embeds is not None:
             loss = compute_scot_loss(self.config, composed_embeds, modified_caption_embeds, caption_embeds)
 
-        output = ScotOutput(
-            loss=loss,
-            composed_embeds=composed_embeds,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            text_weight=text_weight,
-        )
+        output = ScotOutput(loss=loss, composed_embeds=composed_embeds, image_embeds=image_embeds,
+                            text_embeds=text_embeds, text_weight=text_weight)
         return output if return_dict else output.to_tuple()
 
 
