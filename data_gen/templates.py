@@ -135,6 +135,11 @@ class TemplateGenerator:
     def _positions(tokens: list[str], predicate: Callable[[str], bool]) -> list[int]:
         return [i for i, token in enumerate(tokens) if token.isalpha() and predicate(token.lower())]
 
+    def _choose(self, tokens: list[str], rng: random.Random, predicate: Callable[[str], bool]) -> int | None:
+        """A random position of a word `predicate` accepts, or None when there is none."""
+        positions = self._positions(tokens, predicate)
+        return rng.choice(positions) if positions else None
+
     @staticmethod
     def _next_word(tokens: list[str], index: int) -> str | None:
         for token in tokens[index + 1 :]:
@@ -145,10 +150,9 @@ class TemplateGenerator:
         return None
 
     def _colour(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
-        positions = self._positions(tokens, lambda word: word in COLOURS)
-        if not positions:
+        index = self._choose(tokens, rng, lambda word: word in COLOURS)
+        if index is None:
             return None
-        index = rng.choice(positions)
         old = tokens[index].lower()
         new = rng.choice([colour for colour in COLOURS if colour != old])
         noun = self._next_word(tokens, index)
@@ -161,10 +165,9 @@ class TemplateGenerator:
         return phrasing, tokens
 
     def _object(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
-        positions = self._positions(tokens, lambda word: singularize(word) is not None)
-        if not positions:
+        index = self._choose(tokens, rng, lambda word: singularize(word) is not None)
+        if index is None:
             return None
-        index = rng.choice(positions)
         word = tokens[index].lower()
         old = singularize(word)
         new = rng.choice([noun for noun in OBJECT_GROUPS[_GROUP_OF[old]].split() if noun != old])
@@ -204,10 +207,9 @@ class TemplateGenerator:
         return None
 
     def _attribute(self, tokens: list[str], rng: random.Random) -> tuple[str, list[str]] | None:
-        positions = self._positions(tokens, lambda word: word in _OPPOSITE)
-        if not positions:
+        index = self._choose(tokens, rng, lambda word: word in _OPPOSITE)
+        if index is None:
             return None
-        index = rng.choice(positions)
         old = tokens[index].lower()
         new = _OPPOSITE[old]
         tokens = list(tokens)
