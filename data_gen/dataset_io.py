@@ -102,7 +102,7 @@ def read_shard_states(output_dir: StrPath) -> dict[int, dict]:
 def remove_stale_temporaries(output_dir: StrPath) -> None:
     """Remove the temporary files a killed run left: `scot_core.atomic_path`'s `.NAME.PID.XXXX.tmp`, and the
     `NAME.tmp-PID` of older versions."""
-    patterns = (".*.parquet.*.tmp", ".*.json.*.tmp", ".README.md.*.tmp", "*.tmp-*")
+    patterns = (".*.parquet.*.tmp", ".*.json.*.tmp", ".README.md.*.tmp", "*.tmp-[0-9]*")
     for folder in (output_dir, os.path.join(output_dir, "data"), os.path.join(output_dir, STATE_DIR)):
         for pattern in patterns:
             for path in glob.glob(os.path.join(glob.escape(os.fspath(folder)), pattern), include_hidden=True):
@@ -292,6 +292,11 @@ def merge_triplet_datasets(folders: Sequence[StrPath], output_dir: StrPath, *, r
         if os.path.abspath(folder) == output:
             raise ValueError(f"{os.fspath(folder)!r} is both a part and the output of the merge: choose another "
                              "output_dir.")
+    existing = glob.glob(os.path.join(output, "data", "train-*-of-*.parquet"))
+    if existing and not os.path.isdir(os.path.join(output, STATE_DIR)):
+        # stale shards are removed below: only ever those of a folder this package wrote
+        raise ValueError(f"{os.fspath(output_dir)!r} holds parquet shards this package did not write: merge into "
+                         "an empty or new folder.")
     parts = [read_stats(folder) for folder in folders]
     shards = [shard for folder in folders for shard in _dataset_shards(folder)]
     # A merge killed half-way must not read as the previous merge (or as a smaller one): incomplete until done.

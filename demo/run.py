@@ -292,11 +292,14 @@ Total time of this run: {time.perf_counter() - started:.0f} s.
 
 
 def publish_model(model, processor, model_dir: Path) -> None:
-    """Save the trained SCOT model and processor to `model_dir`, replacing an earlier demo model there."""
+    """Save the trained SCOT model and processor to `model_dir`, over an earlier demo model there (the same files are
+    rewritten; nothing is deleted). A folder that is not a SCOT model is refused."""
     if model_dir.exists():
-        if not (model_dir / "config.json").is_file():
+        config = model_dir / "config.json"
+        if not config.is_file():
             raise FileExistsError(f"{model_dir} exists and holds no saved model: choose another --scot_model_dir.")
-        shutil.rmtree(model_dir)
+        if json.loads(config.read_text()).get("model_type") != "scot":
+            raise FileExistsError(f"{model_dir} holds another kind of model: choose another --scot_model_dir.")
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
 

@@ -78,3 +78,14 @@ def test_merging_refuses_what_is_not_a_triplet_dataset(two_runs, tmp_path):
         merge_triplet_datasets([], tmp_path / "merged")
     with pytest.raises(ValueError, match="at least one"):
         merge_dataset_stats([])
+
+
+def test_a_folder_of_someone_elses_shards_is_refused_and_left_alone(tmp_path):
+    from data_gen.dataset_io import merge_triplet_datasets
+
+    foreign = tmp_path / "mine" / "data" / "train-00000-of-00002.parquet"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="did not write"):
+        merge_triplet_datasets([tmp_path / "part"], tmp_path / "mine")
+    assert foreign.read_bytes() == b"not ours"

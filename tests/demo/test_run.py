@@ -78,3 +78,14 @@ def test_model_dir_that_is_not_a_model_is_left_alone(scot_folder, tmp_path):
     with pytest.raises(FileExistsError, match="holds no saved model"):
         run.publish_model(model, processor, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_model_dir_holding_another_kind_of_model_is_left_alone(scot_folder, tmp_path):
+    from modeling_scot import ScotModel, ScotProcessor
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text('{"model_type": "clip"}')
+    model, processor = ScotModel.from_pretrained(scot_folder), ScotProcessor.from_pretrained(scot_folder)
+    with pytest.raises(FileExistsError, match="another kind of model"):
+        run.publish_model(model, processor, tmp_path / "clip")
+    assert (tmp_path / "clip" / "config.json").read_text() == '{"model_type": "clip"}'
