@@ -8,11 +8,13 @@ with `trust_remote_code=True` where this package is not installed (and without i
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_scot import ScotConfig
+from .modeling_pseudo_word import PseudoWordMapper, pseudo_word_composing_loss, pseudo_word_mapping_loss
 from .modeling_scot import (
     Combiner,
     ScotModel,
     ScotOutput,
     ScotPreTrainedModel,
+    compute_pseudo_word_mapping_loss,
     compute_scot_loss,
     infonce_loss,
     scot_loss,
@@ -32,13 +34,17 @@ ScotProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "Combiner",
+    "PseudoWordMapper",
     "ScotConfig",
     "ScotModel",
     "ScotOutput",
     "ScotPreTrainedModel",
     "ScotProcessor",
+    "compute_pseudo_word_mapping_loss",
     "compute_scot_loss",
     "infonce_loss",
+    "pseudo_word_composing_loss",
+    "pseudo_word_mapping_loss",
     "scot_loss",
     "scot_split_loss",
 ]

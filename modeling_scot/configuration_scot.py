@@ -18,6 +18,11 @@ SUPPORTED_ENCODERS = {
 BLIP2_QUERY_POOLINGS = ("mean", "first")
 TEXT_POOLINGS = ("pooler", "mean")
 LOSS_TYPES = ("scot", "scot_split", "infonce", "infonce_captions")
+# "combiner": SCOT's Combiner on the two embeddings; "pseudo_word": Map-to-Compose, the image as pseudo-word tokens
+# inside the text encoder's prompt (modeling_pseudo_word.py)
+COMPOSERS = ("combiner", "pseudo_word")
+# where stage 2's LoRA adapters are: none added, in the text encoder (training), or merged into its weights (saved)
+LORA_STATES = ("none", "active", "merged")
 
 
 def encoder_embed_dim(encoder_config: PreTrainedConfig) -> int:
@@ -31,6 +36,23 @@ def encoder_embed_dim(encoder_config: PreTrainedConfig) -> int:
     if model_type == "blip-2":
         return encoder_config.image_text_hidden_size
     return encoder_config.projection_dim
+
+
+def encoder_token_embed_dim(encoder_config: PreTrainedConfig) -> int:
+    """Width of the text tower's input (token) embeddings: where pseudo-word tokens live."""
+    if encoder_config.model_type == "blip-2":
+        return encoder_config.qformer_config.hidden_size
+    return encoder_config.text_config.hidden_size
+
+
+def encoder_image_token_dim(encoder_config: PreTrainedConfig) -> int:
+    """Width of the image side's token states that pseudo words attend to: the vision tower's patch tokens (CLIP, dual
+    encoders; a CNN's channels) or BLIP-2's Q-Former query states."""
+    if encoder_config.model_type == "blip-2":
+        return encoder_config.qformer_config.hidden_size
+    vision_config = encoder_config.vision_config
+    hidden_size = getattr(vision_config, "hidden_size", None)
+    return hidden_size if hidden_size is not None else vision_config.hidden_sizes[-1]
 
 
 def encoder_text_positions(encoder_config: PreTrainedConfig) -> int | None:
@@ -83,6 +105,47 @@ class ScotConfig(PreTrainedConfig):
             λ of Eq. 6: negatives with cosine similarity at or below it are masked out.
         infonce_temperature (`float`, *optional*, defaults to 0.01):
             Temperature of the InfoNCE option (CLIP4Cir multiplies cosines by 100).
+        composer (`str`, *optional*, defaults to `"combiner"`):
+            `"combiner"`: SCOT's Combiner fuses the image and text embeddings (the fields above). `"pseudo_word"`:
+            Map-to-Compose (docs/map_to_compose.md): a mapping network turns the reference image into K pseudo-word
+            tokens that the text encoder reads in `pseudo_word_prompt`; the fields below. Saved configs without this
+            key are Combiner models.
+        num_pseudo_tokens (`int`, *optional*, defaults to 4):
+            K, the pseudo-word tokens `$` stands for.
+        pseudo_word_prompt (`str`, *optional*, defaults to `"a photo of $ that {modification}"`):
+            The composed query's prompt (stage 2 and inference): `$` (at most once) is replaced by the K pseudo
+            tokens, `{modification}` (exactly once) by the modification text's tokens.
+        pseudo_word_image_prompt (`str`, *optional*, defaults to `"a photo of $"`):
+            The image-only prompt of stage 1 (`ScotModel.get_image_prompt_features`).
+        pseudo_word_prompt_token_ids (`dict`, *optional*):
+            Both prompts tokenised with the backbone's tokenizer (`tokenize_pseudo_word_prompts`); filled by
+            `ScotModel.from_backbone` or `ScotModel.set_prompt_tokenizer`, so the model composes from token ids alone.
+        pseudo_word_mapping_depth (`int`, *optional*, defaults to 2):
+            Visual-semantic-injection blocks of the mapping network (0: an MLP on the pooled embedding only).
+        pseudo_word_mapping_heads (`int`, *optional*, defaults to 8):
+            Attention heads of those blocks; must divide the text encoder's token embedding width.
+        pseudo_word_mapping_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout inside the mapping network.
+        pseudo_word_temperature (`float`, *optional*, defaults to 0.01):
+            τ of stage 1's symmetric InfoNCE between image prompts and images.
+        soft_alignment_temperature (`float`, *optional*, defaults to 0.01):
+            τ_s of stage 1's soft text alignment (the softmax over the batch's captions).
+        soft_alignment_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the soft text alignment KL in stage 1's loss.
+        composing_temperature (`float`, *optional*, defaults to 0.01):
+            τ of stage 2's contrastive loss.
+        pseudo_word_lora_rank (`int`, *optional*, defaults to 8):
+            Rank r of stage 2's LoRA adapters on the text encoder (kept after merging, for the card).
+        pseudo_word_lora_alpha (`float`, *optional*, defaults to 16.0):
+            LoRA α (the update is scaled by α / r).
+        pseudo_word_lora_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the LoRA input, active in train mode (the rest of the frozen encoder stays in eval mode).
+        pseudo_word_lora_target_modules (`list[str]` or `str`, *optional*):
+            peft `target_modules` in the text tower; defaults to the encoder's attention projections (BLIP-2:
+            the Q-Former's text-only feed-forward, so the image side stays frozen).
+        pseudo_word_lora_state (`str`, *optional*, defaults to `"none"`):
+            `"none"`, `"active"` (adapters in the text encoder: a training checkpoint; loading it re-adds them and
+            needs peft) or `"merged"` (folded into the text encoder's weights: loads without peft).
 
     Example:
 
@@ -111,6 +174,23 @@ class ScotConfig(PreTrainedConfig):
     alpha_neg: float = 0.1
     margin: float = 0.2
     infonce_temperature: float = 0.01
+    composer: str = "combiner"
+    num_pseudo_tokens: int = 4
+    pseudo_word_prompt: str = "a photo of $ that {modification}"
+    pseudo_word_image_prompt: str = "a photo of $"
+    pseudo_word_prompt_token_ids: dict | None = None
+    pseudo_word_mapping_depth: int = 2
+    pseudo_word_mapping_heads: int = 8
+    pseudo_word_mapping_dropout: float = 0.1
+    pseudo_word_temperature: float = 0.01
+    soft_alignment_temperature: float = 0.01
+    soft_alignment_weight: float = 1.0
+    composing_temperature: float = 0.01
+    pseudo_word_lora_rank: int = 8
+    pseudo_word_lora_alpha: float = 16.0
+    pseudo_word_lora_dropout: float = 0.0
+    pseudo_word_lora_target_modules: list[str] | str | None = None
+    pseudo_word_lora_state: str = "none"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -153,13 +233,41 @@ class ScotConfig(PreTrainedConfig):
             ("blip2_query_pooling", BLIP2_QUERY_POOLINGS),
             ("text_pooling", TEXT_POOLINGS),
             ("loss_type", LOSS_TYPES),
+            ("composer", COMPOSERS),
+            ("pseudo_word_lora_state", LORA_STATES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ScotConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if not 0.0 <= self.combiner_dropout < 1.0:
             raise ValueError(f"ScotConfig.combiner_dropout must be in [0, 1), got {self.combiner_dropout}.")
-        if self.infonce_temperature <= 0:
-            raise ValueError(f"ScotConfig.infonce_temperature must be > 0, got {self.infonce_temperature}.")
+        for name in ("infonce_temperature", "pseudo_word_temperature", "soft_alignment_temperature",
+                     "composing_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ScotConfig.{name} must be > 0, got {getattr(self, name)}.")
+        self._validate_pseudo_word_settings()
+
+    def _validate_pseudo_word_settings(self):
+        for name, minimum in (("num_pseudo_tokens", 1), ("pseudo_word_mapping_depth", 0),
+                              ("pseudo_word_mapping_heads", 1), ("pseudo_word_lora_rank", 1)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"ScotConfig.{name} must be an integer >= {minimum}, got {getattr(self, name)!r}.")
+        for name in ("pseudo_word_mapping_dropout", "pseudo_word_lora_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ScotConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.soft_alignment_weight < 0:
+            raise ValueError(f"ScotConfig.soft_alignment_weight must be >= 0, got {self.soft_alignment_weight}.")
+        for name, modification_count in (("pseudo_word_prompt", 1), ("pseudo_word_image_prompt", 0)):
+            template = getattr(self, name)
+            if template.count("{modification}") != modification_count or template.count("$") > 1:
+                raise ValueError(
+                    f"ScotConfig.{name} must hold '$' (the pseudo words) at most once and '{{modification}}' "
+                    f"{'exactly once' if modification_count else 'not at all'}, got {template!r}.")
+        token_ids = self.pseudo_word_prompt_token_ids
+        expected_keys = {"prompt", "image_prompt", "special_tokens_before", "special_tokens_after",
+                         "placeholder_token_id", "pad_token_id"}
+        if token_ids is not None and set(token_ids) != expected_keys:
+            raise ValueError(f"ScotConfig.pseudo_word_prompt_token_ids must have the keys {sorted(expected_keys)} "
+                             f"(from tokenize_pseudo_word_prompts), got {sorted(token_ids)}.")
 
 
 __all__ = ["ScotConfig"]

@@ -5,6 +5,10 @@ SCOT: Self-Supervised Contrastive Pretraining for Zero-Shot Compositional Retrie
 embeds a reference image and a modification text; a CLIP4Cir Combiner (Baldrati et al., 2022) fuses the two into a
 composed embedding that is compared with gallery image embeddings. Training pulls the composed embedding towards the
 text embedding of an LLM-written modified caption (`scot_loss`, Eq. 4-9 of the paper).
+
+`ScotConfig.composer="pseudo_word"` swaps the Combiner for Map-to-Compose's composer (modeling_pseudo_word.py): the
+reference image becomes K pseudo-word tokens that the text encoder reads in "a photo of $ that {modification}".
+Both go through the one entry point, `ScotModel.get_composed_features`.
 """
 
 import math
@@ -13,11 +17,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_scot import SUPPORTED_ENCODERS, ScotConfig, encoder_embed_dim
+from .configuration_scot import (
+    SUPPORTED_ENCODERS,
+    ScotConfig,
+    encoder_embed_dim,
+    encoder_image_token_dim,
+    encoder_text_positions,
+    encoder_token_embed_dim,
+)
+from .modeling_pseudo_word import (
+    DEFAULT_LORA_TARGET_MODULES,
+    PseudoWordMapper,
+    add_lora_adapters,
+    build_pseudo_word_prompts,
+    merge_lora_adapters,
+    modification_token_ids,
+    pseudo_tokens_spliced,
+    pseudo_word_composing_loss,
+    pseudo_word_mapping_loss,
+    tokenize_pseudo_word_prompts,
+)
 
 # Weights a supported checkpoint may lack without harming SCOT (heads SCOT never calls).
 _UNUSED_ENCODER_WEIGHTS = ("itm_head.", "logit_scale")
@@ -145,7 +168,11 @@ def compute_scot_loss(
     modified_caption_embeds: torch.Tensor,
     caption_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss `config.loss_type` selects, with the config's settings."""
+    """The composing loss of the config's composer, with the config's settings: for the Combiner the one
+    `config.loss_type` selects; for the pseudo-word composer stage 2's `pseudo_word_composing_loss`."""
+    if config.composer == "pseudo_word":
+        return pseudo_word_composing_loss(composed_embeds, modified_caption_embeds, caption_embeds,
+                                          temperature=config.composing_temperature)
     if config.loss_type == "infonce":
         return infonce_loss(composed_embeds, modified_caption_embeds, temperature=config.infonce_temperature)
     if config.loss_type == "infonce_captions":
@@ -159,6 +186,15 @@ def compute_scot_loss(
         alpha_neg=config.alpha_neg,
         margin=config.margin,
     )
+
+
+def compute_pseudo_word_mapping_loss(config: ScotConfig, prompt_embeds: torch.Tensor, image_embeds: torch.Tensor,
+                                     caption_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage 1's loss of a pseudo-word model (`pseudo_word_mapping_loss`) with the config's settings."""
+    return pseudo_word_mapping_loss(prompt_embeds, image_embeds, caption_embeds,
+                                    temperature=config.pseudo_word_temperature,
+                                    soft_alignment_temperature=config.soft_alignment_temperature,
+                                    soft_alignment_weight=config.soft_alignment_weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,10 +215,11 @@ class ScotOutput(ModelOutput):
         image_embeds (`torch.FloatTensor` of shape `(batch_size, embed_dim)`):
             L2-normalised reference image embeddings V.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, embed_dim)`):
-            L2-normalised modification text embeddings T_m.
+            L2-normalised modification text embeddings T_m (None for the pseudo-word composer, which never embeds
+            the modification on its own).
         text_weight (`torch.FloatTensor` of shape `(batch_size, 1)`):
             The Combiner's dynamic scalar λ: the weight of the text embedding in the residual mix (the image gets
-            1 - λ).
+            1 - λ). None for the pseudo-word composer.
     """
 
     loss: torch.FloatTensor | None = None
@@ -244,17 +281,27 @@ class ScotPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # The Combiner keeps PyTorch's default Linear init, as in CLIP4Cir (the encoder inits itself).
+        # The Combiner and the mapping network keep PyTorch's default inits, as in CLIP4Cir (the encoder inits
+        # itself); the pseudo-word queries start as small random token embeddings.
         if isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.in_features)
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, PseudoWordMapper):
+            init.normal_(module.queries, std=0.02)
 
 
 class ScotModel(ScotPreTrainedModel):
     r"""
-    A frozen vision-language encoder plus a trainable Combiner.
+    A frozen vision-language encoder plus a trainable composer: SCOT's Combiner, or (`config.composer="pseudo_word"`)
+    Map-to-Compose's pseudo-word mapping network, whose stage 2 tunes the text encoder with LoRA adapters.
 
     Build one around a pretrained encoder with [`ScotModel.from_backbone`]; load a trained one with
     `AutoModel.from_pretrained(folder)`. All embeddings it returns are L2-normalised `[batch, config.embed_dim]`.
@@ -288,24 +335,47 @@ class ScotModel(ScotPreTrainedModel):
         self.encoder = encoder
         # keep one config object, so a change through either is seen by both
         self.encoder.config = self.config.encoder_config = encoder.config
-        self.combiner = Combiner(
-            config.embed_dim, config.combiner_projection_dim, config.combiner_hidden_dim, config.combiner_dropout
-        )
+        if config.composer == "pseudo_word":
+            self.pseudo_word_mapper = PseudoWordMapper(
+                config.embed_dim, encoder_image_token_dim(config.encoder_config),
+                encoder_token_embed_dim(config.encoder_config), config.num_pseudo_tokens,
+                depth=config.pseudo_word_mapping_depth, num_heads=config.pseudo_word_mapping_heads,
+                dropout=config.pseudo_word_mapping_dropout,
+            )
+        else:
+            self.combiner = Combiner(
+                config.embed_dim, config.combiner_projection_dim, config.combiner_hidden_dim, config.combiner_dropout
+            )
+        # The Combiner composes *embeddings*: a cached text embedding of the modification is as good an input as its
+        # tokens. The pseudo-word composer reads the tokens themselves (they sit in its prompt), so callers holding
+        # cached text embeddings must pass `input_ids` instead. An attribute, not a switch on the composer's name.
+        self.composer_accepts_text_embeds = config.composer == "combiner"
         self.post_init()
+        if config.pseudo_word_lora_state == "active":  # a stage-2 checkpoint: re-add the adapters its weights fill
+            self._add_lora_adapters()
         if config.freeze_encoder:
             self.freeze_encoder()
 
     # -- freezing ---------------------------------------------------------------------------------------------------
 
     def freeze_encoder(self) -> None:
-        """No gradients and eval mode (no dropout) for the encoder: only the Combiner trains."""
+        """No gradients and eval mode (no dropout) for the encoder: only the composer trains (the Combiner, the
+        pseudo-word mapping network, or in stage 2 the LoRA adapters inside the text encoder)."""
         self.encoder.requires_grad_(False)
         self.encoder.eval()
+        if self.config.pseudo_word_lora_state == "active":
+            for name, parameter in self.encoder.named_parameters():
+                if ".lora_" in name:
+                    parameter.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.config.freeze_encoder:
             self.encoder.eval()  # a frozen encoder must give the embeddings it gives at inference
+            if self.config.pseudo_word_lora_state == "active":  # except the LoRA adapters being trained in it
+                for name, module in self.encoder.named_modules():
+                    if name.endswith(".lora_dropout"):
+                        module.train(mode)
         return self
 
     @classmethod
@@ -315,14 +385,18 @@ class ScotModel(ScotPreTrainedModel):
         # transformers 5 re-creates parameters as trainable while loading: freeze again
         if model.config.freeze_encoder:
             model.freeze_encoder()
+        if model.config.pseudo_word_lora_state == "active":  # stage 2 trains the adapters, not the mapping
+            model.pseudo_word_mapper.requires_grad_(False)
         return loaded
 
     @classmethod
     def from_backbone(
-        cls, backbone: "str | PreTrainedModel", *, encoder_kwargs: dict | None = None, **config_overrides
+        cls, backbone: "str | PreTrainedModel", *, encoder_kwargs: dict | None = None, tokenizer=None,
+        **config_overrides,
     ) -> "ScotModel":
         r"""
-        Build a SCOT model around a pretrained encoder, with a new Combiner and the encoder frozen.
+        Build a SCOT model around a pretrained encoder, with a new composer (the Combiner, or with
+        `composer="pseudo_word"` Map-to-Compose's mapping network) and the encoder frozen.
 
         Args:
             backbone (`str`, `os.PathLike` or `PreTrainedModel`):
@@ -331,8 +405,11 @@ class ScotModel(ScotPreTrainedModel):
                 `VisionTextDualEncoderModel`; or such a model already loaded.
             encoder_kwargs (`dict`, *optional*):
                 Passed to the encoder's `from_pretrained` (`dtype`, `revision`, `attn_implementation`, ...).
+            tokenizer (*optional*):
+                The backbone's tokenizer, for a pseudo-word model (its prompts are stored as token ids); loaded from
+                `backbone` when that is a folder or hub id.
             config_overrides:
-                [`ScotConfig`] fields (Combiner sizes, pooling, loss settings).
+                [`ScotConfig`] fields (composer, Combiner sizes, pooling, loss and pseudo-word settings).
         """
         if isinstance(backbone, PreTrainedModel):
             encoder = backbone
@@ -357,7 +434,20 @@ class ScotModel(ScotPreTrainedModel):
         # A copy: building a config resets its sub-configs' attention implementation, and the loaded encoder must
         # keep its own (the model re-attaches encoder.config itself in __init__).
         config = ScotConfig(encoder_config=encoder.config.to_dict(), **config_overrides)
-        return cls(config, encoder=encoder).eval()  # like from_pretrained; Trainer switches to train mode
+        model = cls(config, encoder=encoder).eval()  # like from_pretrained; Trainer switches to train mode
+        if config.composer == "pseudo_word" and config.pseudo_word_prompt_token_ids is None:
+            if tokenizer is None and isinstance(backbone, PreTrainedModel):
+                raise ValueError("A pseudo-word model stores its prompts as token ids: pass tokenizer= (the "
+                                 "backbone's tokenizer) with an already-loaded backbone.")
+            model.set_prompt_tokenizer(tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(backbone))
+        return model
+
+    def set_prompt_tokenizer(self, tokenizer) -> None:
+        """Tokenise the pseudo-word prompts (`config.pseudo_word_prompt`, `config.pseudo_word_image_prompt`) with the
+        backbone's tokenizer into `config.pseudo_word_prompt_token_ids`; call it again after changing a prompt."""
+        self._require_pseudo_word("set_prompt_tokenizer")
+        self.config.pseudo_word_prompt_token_ids = tokenize_pseudo_word_prompts(
+            tokenizer, self.config.pseudo_word_prompt, self.config.pseudo_word_image_prompt)
 
     # -- embeddings -------------------------------------------------------------------------------------------------
 
@@ -376,11 +466,15 @@ class ScotModel(ScotPreTrainedModel):
                 "get_image_features expects pixel_values of shape [batch, channels, height, width] (from "
                 f"ScotProcessor(images=...)), got {None if pixel_values is None else tuple(pixel_values.shape)}."
             )
-        if self._encoder_type == "blip-2":
-            image_embeds = self._blip2_image_features(pixel_values, **kwargs)
-        else:
-            image_embeds = self.encoder.get_image_features(pixel_values=pixel_values, **kwargs).pooler_output
+        image_embeds, _ = self._image_features_and_tokens(pixel_values, **kwargs)
         return F.normalize(image_embeds, dim=-1) if normalize else image_embeds
+
+    def _image_features_and_tokens(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised image embeddings and, from the same pass, the token states the pseudo words attend to."""
+        if self._encoder_type == "blip-2":
+            return self._blip2_image_features(pixel_values, **kwargs)
+        output = self.encoder.get_image_features(pixel_values=pixel_values, **kwargs)
+        return output.pooler_output, output.last_hidden_state
 
     def get_text_features(
         self,
@@ -410,8 +504,9 @@ class ScotModel(ScotPreTrainedModel):
             ).pooler_output
         return F.normalize(text_embeds, dim=-1) if normalize else text_embeds
 
-    def _blip2_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        # The image side of Blip2ForImageTextRetrieval's contrastive (ITC) path, pooled over the query tokens.
+    def _blip2_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        # The image side of Blip2ForImageTextRetrieval's contrastive (ITC) path, pooled over the query tokens; also
+        # the Q-Former's query states (the pseudo words' memory).
         blip2 = self.encoder
         patch_embeds = blip2.vision_model(pixel_values=pixel_values, **kwargs).last_hidden_state
         patch_mask = torch.ones(patch_embeds.shape[:-1], dtype=torch.long, device=patch_embeds.device)
@@ -422,8 +517,8 @@ class ScotModel(ScotPreTrainedModel):
         projection = blip2.vision_projection
         query_embeds = F.normalize(projection(query_states.to(projection.weight.dtype)), dim=-1)
         if self.config.blip2_query_pooling == "first":
-            return query_embeds[:, 0]
-        return query_embeds.mean(dim=1)
+            return query_embeds[:, 0], query_states
+        return query_embeds.mean(dim=1), query_states
 
     def _blip2_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         blip2 = self.encoder
@@ -455,6 +550,9 @@ class ScotModel(ScotPreTrainedModel):
     # -- composition --------------------------------------------------------------------------------------------------
 
     def _combine(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.composer != "combiner":
+            raise ValueError(f"This model composes with {self.config.composer!r}, not the Combiner: "
+                             "use get_composed_features(...) with the modification's tokens.")
         for name, embeds in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
             if embeds.ndim != 2 or embeds.shape[-1] != self.config.embed_dim:
                 raise ValueError(
@@ -471,7 +569,8 @@ class ScotModel(ScotPreTrainedModel):
         r"""V_c = f_c(V, T_m): L2-normalised composed embeddings `[batch, embed_dim]` from reference image embeddings
         and modification text embeddings (both as returned by `get_image_features` / `get_text_features`).
         With `return_text_weight=True`, also the Combiner's weight λ `[batch, 1]` on the text embedding (1 − λ on
-        the image), which search front ends show to explain a result."""
+        the image), which search front ends show to explain a result. The Combiner's own call: a pseudo-word model
+        refuses it (it composes from tokens, through `get_composed_features`)."""
         composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
 
@@ -490,10 +589,149 @@ class ScotModel(ScotPreTrainedModel):
             )
         return image_embeds, text_embeds
 
-    # The Combiner composes *embeddings*: a precomputed (cached) text embedding of the modification is as good an
-    # input as its tokens. A composer that reads the tokens themselves (pseudo-word tokens injected into the text
-    # encoder) sets this to False, and callers then pass `input_ids` instead of cached `text_embeds`.
-    composer_accepts_text_embeds = True
+    @property
+    def composer_image_inputs(self) -> tuple[str, ...]:
+        """The image-side keyword arguments of `get_composed_features` this model's composer reads: what a cache of
+        reference images must hold (`get_composer_image_features` returns exactly these). The Combiner reads the
+        pooled embedding only; the pseudo-word composer also the image encoder's token states."""
+        if self.config.composer == "pseudo_word":
+            return ("image_embeds", "image_token_embeds")
+        return ("image_embeds",)
+
+    def get_composer_image_features(self, pixel_values: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+        r"""Everything the composer reads from reference images, in one image-encoder pass: `{"image_embeds": V}`
+        (L2-normalised `[batch, embed_dim]`, as `get_image_features`) and, for the pseudo-word composer,
+        `"image_token_embeds"` (the vision tower's last token states `[batch, tokens, width]`, a CNN's
+        `[batch, channels, height, width]`, or BLIP-2's Q-Former query states). The image encoder is frozen, so these
+        can be cached and passed back as `get_composed_features(**features, input_ids=..., attention_mask=...)`."""
+        if pixel_values is None or pixel_values.ndim != 4:
+            raise ValueError(
+                "get_composer_image_features expects pixel_values of shape [batch, channels, height, width], got "
+                f"{None if pixel_values is None else tuple(pixel_values.shape)}.")
+        image_embeds, image_token_embeds = self._image_features_and_tokens(pixel_values, **kwargs)
+        features = {"image_embeds": F.normalize(image_embeds, dim=-1), "image_token_embeds": image_token_embeds}
+        return {name: features[name] for name in self.composer_image_inputs}
+
+    # -- the pseudo-word composer (Map-to-Compose) ------------------------------------------------------------------
+
+    def _require_pseudo_word(self, what: str) -> None:
+        if self.config.composer != "pseudo_word":
+            raise ValueError(f"{what} belongs to the pseudo-word composer; this model's composer is "
+                             f"{self.config.composer!r} (ScotConfig.composer).")
+
+    @property
+    def _text_tower(self) -> nn.Module:
+        """The module holding the text encoder's layers (where stage 2's adapters go)."""
+        return self.encoder.qformer if self._encoder_type == "blip-2" else self.encoder.text_model
+
+    @property
+    def _text_token_embedding(self) -> nn.Module:
+        """The text encoder's token-embedding layer, whose output the pseudo tokens overwrite."""
+        if self._encoder_type == "blip-2":
+            return self.encoder.embeddings.word_embeddings
+        return self.encoder.text_model.get_input_embeddings()
+
+    def _pseudo_word_image_inputs(self, image_embeds, image_token_embeds, pixel_values,
+                                  **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if image_token_embeds is None:
+            if pixel_values is None:
+                raise ValueError(
+                    "The pseudo-word composer reads the image encoder's token states as well as the pooled embedding: "
+                    "pass pixel_values, or image_embeds and image_token_embeds from get_composer_image_features.")
+            pooled, image_token_embeds = self._image_features_and_tokens(pixel_values, **kwargs)
+            if image_embeds is None:
+                image_embeds = F.normalize(pooled, dim=-1)
+        if image_embeds is None:
+            raise ValueError("image_token_embeds were given without image_embeds: pass both (from "
+                             "get_composer_image_features) or pixel_values.")
+        if image_embeds.ndim != 2 or image_embeds.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"image_embeds must be [batch, {self.config.embed_dim}] (embed_dim), got "
+                             f"{tuple(image_embeds.shape)}.")
+        _check_same_batch("The pseudo-word composer", image_embeds, image_token_embeds,
+                          ("pooled image embedding", "set of image token states"))
+        return image_embeds, image_token_embeds
+
+    def _pseudo_word_prompt_features(self, template: str, image_embeds: torch.Tensor, image_token_embeds: torch.Tensor,
+                                     input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                                     normalize: bool = True) -> torch.Tensor:
+        """The text tower's embedding of prompt `template` ("prompt" or "image_prompt" of the tokenised prompts) with
+        each image's K pseudo tokens in place of `$` (and each row's modification tokens in `{modification}`)."""
+        token_ids = self.config.pseudo_word_prompt_token_ids
+        if token_ids is None:
+            raise ValueError("This pseudo-word model has no tokenised prompts (config.pseudo_word_prompt_token_ids): "
+                             "build it with ScotModel.from_backbone(...) or call "
+                             "model.set_prompt_tokenizer(tokenizer).")
+        modifications = None
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            modifications = modification_token_ids(input_ids, attention_mask, token_ids["special_tokens_before"],
+                                                   token_ids["special_tokens_after"])
+        pseudo_tokens = self.pseudo_word_mapper(image_embeds, image_token_embeds)
+        prompt_ids, prompt_mask, pseudo_token_mask = build_pseudo_word_prompts(
+            token_ids[template], self.config.num_pseudo_tokens, modifications, image_embeds.shape[0],
+            placeholder_token_id=token_ids["placeholder_token_id"], pad_token_id=token_ids["pad_token_id"],
+            max_length=encoder_text_positions(self.config.encoder_config), device=image_embeds.device,
+        )
+        with pseudo_tokens_spliced(self._text_token_embedding, pseudo_token_mask, pseudo_tokens):
+            return self.get_text_features(input_ids=prompt_ids, attention_mask=prompt_mask, normalize=normalize)
+
+    def get_image_prompt_features(self, image_embeds: torch.Tensor | None = None,
+                                  image_token_embeds: torch.Tensor | None = None, *,
+                                  pixel_values: torch.Tensor | None = None, normalize: bool = True,
+                                  **kwargs) -> torch.Tensor:
+        r"""Stage 1's prompt embedding t = f_φ("a photo of $") with the image's pseudo words
+        (`config.pseudo_word_image_prompt`): L2-normalised `[batch, embed_dim]`, what `pseudo_word_mapping_loss`
+        aligns with the image embedding and the captions. Images as for `get_composed_features`."""
+        self._require_pseudo_word("get_image_prompt_features")
+        image_embeds, image_token_embeds = self._pseudo_word_image_inputs(
+            image_embeds, image_token_embeds, pixel_values, **kwargs)
+        return self._pseudo_word_prompt_features("image_prompt", image_embeds, image_token_embeds, normalize=normalize)
+
+    def add_composer_adapters(self, rank: int | None = None, alpha: float | None = None, dropout: float | None = None,
+                              target_modules: list[str] | str | None = None) -> None:
+        r"""Start stage 2 of a pseudo-word model: LoRA adapters (peft) in the text encoder become the only trainable
+        weights; the mapping network is frozen. Settings default to the config's `pseudo_word_lora_*` fields, and
+        what is used is written back there (the checkpoint's config then re-adds the same adapters on loading).
+        Merge them with `merge_composer_adapters()` before the final save."""
+        self._require_pseudo_word("add_composer_adapters")
+        if self.config.pseudo_word_lora_state == "active":
+            raise ValueError("This model already has LoRA adapters in its text encoder (pseudo_word_lora_state "
+                             "'active'): merge them first with merge_composer_adapters().")
+        config = self.config
+        config.pseudo_word_lora_rank = config.pseudo_word_lora_rank if rank is None else rank
+        config.pseudo_word_lora_alpha = config.pseudo_word_lora_alpha if alpha is None else alpha
+        config.pseudo_word_lora_dropout = config.pseudo_word_lora_dropout if dropout is None else dropout
+        if target_modules is not None:
+            config.pseudo_word_lora_target_modules = target_modules
+        config.validate()
+        self._add_lora_adapters()
+        config.pseudo_word_lora_state = "active"
+        self.pseudo_word_mapper.requires_grad_(False)
+
+    def _add_lora_adapters(self) -> None:
+        config = self.config
+        target_modules = config.pseudo_word_lora_target_modules
+        if target_modules is None:
+            target_modules = config.pseudo_word_lora_target_modules = DEFAULT_LORA_TARGET_MODULES[self._encoder_type]
+        add_lora_adapters(self._text_tower, rank=config.pseudo_word_lora_rank, alpha=config.pseudo_word_lora_alpha,
+                          dropout=config.pseudo_word_lora_dropout, target_modules=target_modules)
+
+    def merge_composer_adapters(self) -> int:
+        """Fold stage 2's LoRA adapters into the text encoder's weights and remove every peft layer, so that
+        `save_pretrained` writes the encoder's own parameter names and the folder loads without peft
+        (`pseudo_word_lora_state` becomes "merged"; the rank stays recorded). Returns how many layers were merged;
+        0, doing nothing, for a model without active adapters (a Combiner, or stage 1), so a training script may call
+        it unconditionally."""
+        if self.config.pseudo_word_lora_state != "active":
+            return 0
+        merged = merge_lora_adapters(self._text_tower)
+        self.config.pseudo_word_lora_state = "merged"
+        if self.config.freeze_encoder:
+            self.freeze_encoder()
+        return merged
+
+    # -- the one entry point ------------------------------------------------------------------------------------------
 
     def get_composed_features(
         self,
@@ -502,7 +740,8 @@ class ScotModel(ScotPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         *,
         pixel_values: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-        text_embeds: torch.Tensor | None = None, return_text_weight: bool = False, **kwargs,
+        text_embeds: torch.Tensor | None = None, image_token_embeds: torch.Tensor | None = None,
+        return_text_weight: bool = False, **kwargs,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         r"""The composed query V_c for reference images and modification texts: the one entry point evaluation,
         search and training use, whatever the composer.
@@ -512,10 +751,13 @@ class ScotModel(ScotPreTrainedModel):
                 Reference image embeddings from `get_image_features` (e.g. a cached gallery); else `pixel_values`.
             input_ids, attention_mask, token_type_ids:
                 The modification texts as `ScotProcessor` tokenises them.
-            pixel_values (`torch.Tensor`, *optional*): the reference images, when `image_embeds` is not given.
+            pixel_values (`torch.Tensor`, *optional*): the reference images, when their features are not given.
             text_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
                 Precomputed modification text embeddings, accepted when `composer_accepts_text_embeds` is True (the
                 Combiner); used instead of `input_ids`.
+            image_token_embeds (`torch.Tensor`, *optional*):
+                The image encoder's token states, read by the pseudo-word composer besides `image_embeds` (see
+                `composer_image_inputs` and `get_composer_image_features`); else computed from `pixel_values`.
             return_text_weight (`bool`): also return the composer's weight on the text, λ `[batch, 1]` (None for
                 a composer without one).
 
@@ -525,6 +767,17 @@ class ScotModel(ScotPreTrainedModel):
         if text_embeds is not None and not self.composer_accepts_text_embeds:
             raise ValueError(f"{type(self).__name__}'s composer reads the modification's tokens: pass input_ids and "
                              "attention_mask, not text_embeds.")
+        if self.config.composer == "pseudo_word":
+            image_embeds, image_token_embeds = self._pseudo_word_image_inputs(
+                image_embeds, image_token_embeds, pixel_values, **kwargs)
+            if input_ids is None or input_ids.ndim != 2:
+                raise ValueError("A composed query needs the modification texts: pass input_ids [batch, sequence] "
+                                 "(and attention_mask) as ScotProcessor(text=...) returns them.")
+            _check_same_batch("get_composed_features", image_embeds, input_ids,
+                              ("reference image", "modification text"))
+            composed_embeds = self._pseudo_word_prompt_features("prompt", image_embeds, image_token_embeds,
+                                                                input_ids, attention_mask)
+            return (composed_embeds, None) if return_text_weight else composed_embeds
         image_embeds, text_embeds = self._query_inputs(
             image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
         )
@@ -543,6 +796,7 @@ class ScotModel(ScotPreTrainedModel):
         modified_caption_embeds: torch.Tensor | None = None,
         caption_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        image_token_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> ScotOutput | tuple:
         r"""
@@ -552,19 +806,32 @@ class ScotModel(ScotPreTrainedModel):
             pixel_values, input_ids, attention_mask, token_type_ids:
                 The reference images and modification texts, as `ScotProcessor` returns them.
             image_embeds, text_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
-                Precomputed normalised embeddings, used instead of `pixel_values` / `input_ids` (cached training).
+                Precomputed normalised embeddings, used instead of `pixel_values` / `input_ids` (cached training;
+                `text_embeds` only for the Combiner).
             modified_caption_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
-                Text embeddings of the modified captions (the targets); when given, the loss is returned.
+                Text embeddings of the modified captions (the targets); when given, the loss is returned
+                (`compute_scot_loss`: the Combiner's `loss_type`, or stage 2's loss of the pseudo-word composer).
             caption_embeds (`torch.Tensor` of shape `(batch_size, embed_dim)`, *optional*):
-                Text embeddings of the original captions: extra negatives of the SCOT loss (Eq. 8).
+                Text embeddings of the original captions: extra negatives of the SCOT loss (Eq. 8), the hard
+                negatives of the pseudo-word composer's.
+            image_token_embeds (`torch.Tensor`, *optional*):
+                Cached image token states for the pseudo-word composer (see `get_composer_image_features`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        image_embeds, text_embeds = self._query_inputs(
-            image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
-        )
-        composed_embeds, text_weight = self.get_composed_features(
-            image_embeds, text_embeds=text_embeds, return_text_weight=True
-        )
+        if self.config.composer == "pseudo_word":
+            image_embeds, image_token_embeds = self._pseudo_word_image_inputs(
+                image_embeds, image_token_embeds, pixel_values, **kwargs)
+            composed_embeds, text_weight = self.get_composed_features(
+                image_embeds, input_ids, attention_mask, token_type_ids=token_type_ids, text_embeds=text_embeds,
+                image_token_embeds=image_token_embeds, return_text_weight=True)
+            text_embeds = None
+        else:
+            image_embeds, text_embeds = self._query_inputs(
+                image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
+            )
+            composed_embeds, text_weight = self.get_composed_features(
+                image_embeds, text_embeds=text_embeds, return_text_weight=True
+            )
 
         loss = None
         if modified_caption_embeds is not None:
@@ -580,6 +847,7 @@ __all__ = [
     "ScotModel",
     "ScotOutput",
     "ScotPreTrainedModel",
+    "compute_pseudo_word_mapping_loss",
     "compute_scot_loss",
     "infonce_loss",
     "scot_loss",

@@ -124,9 +124,9 @@ class EmbeddingCache:
         """Rows not kept, by reason (`SKIP_REASONS`)."""
         return {reason: self.manifest["skipped"].get(reason, 0) for reason in SKIP_REASONS}
 
-    def as_dataset(self, target: str = "text", target_gallery: "EmbeddingCache | None" = None
-                   ) -> "CachedTripletDataset":
-        return CachedTripletDataset(self, target, target_gallery)
+    def as_dataset(self, target: str = "text", target_gallery: "EmbeddingCache | None" = None,
+                   with_probes: bool = False) -> "CachedTripletDataset":
+        return CachedTripletDataset(self, target, target_gallery, with_probes)
 
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingCache":
@@ -277,30 +277,43 @@ class CachedTripletDataset(torch.utils.data.Dataset):
     `target_gallery` (default: this cache's own images; for a held-out slice, pass the training cache) nearest to
     the modified caption, excluding the reference (`retrieved_image_targets`). With `target="text_gap"`, it holds
     the modified caption's embedding moved by the gap between the mean image and the mean text embedding of
-    `target_gallery`'s cache (`modality_gap`)."""
+    `target_gallery`'s cache (`modality_gap`).
 
-    def __init__(self, cache: EmbeddingCache, target: str = "text", target_gallery: EmbeddingCache | None = None):
+    With `with_probes`, each row also carries the two target-independent probes `ScotTrainer`'s evaluation ranks:
+    `probe_caption_embeds` (the modified caption's text embedding) and `probe_image_embeds` (the retrieved image,
+    as above); with `ScotTrainingArguments.retrieved_image_weight > 0` training reads the latter too."""
+
+    def __init__(self, cache: EmbeddingCache, target: str = "text", target_gallery: EmbeddingCache | None = None,
+                 with_probes: bool = False):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
         self.cache = cache
         self.target_embeds = None
+        self.retrieved_embeds = None
         rows, gallery = cache.row_indices, target_gallery or cache
         modified = cache.text_embeds[rows["modified_caption"]]
-        if target == "retrieved_image":
+        if target == "retrieved_image" or with_probes:
             chosen = retrieved_image_targets(modified, cache.image_embeds[rows["image"]], gallery.image_embeds)
-            self.target_embeds = gallery.image_embeds[chosen]
+            self.retrieved_embeds = gallery.image_embeds[chosen]
+        if target == "retrieved_image":
+            self.target_embeds = self.retrieved_embeds
         elif target == "text_gap":
             self.target_embeds = torch.nn.functional.normalize(modified + modality_gap(gallery), dim=-1)
+        self.with_probes = with_probes
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rows, texts = self.cache.row_indices, self.cache.text_embeds
-        modified = texts[rows["modified_caption"][index]] if self.target_embeds is None else self.target_embeds[index]
-        return {
+        modified_caption = texts[rows["modified_caption"][index]]
+        item = {
             "image_embeds": self.cache.image_embeds[rows["image"][index]],
             "text_embeds": texts[rows["modification"][index]],
-            "modified_caption_embeds": modified,
+            "modified_caption_embeds": modified_caption if self.target_embeds is None else self.target_embeds[index],
             "caption_embeds": texts[rows["caption"][index]],
         }
+        if self.with_probes:
+            item["probe_caption_embeds"] = modified_caption
+            item["probe_image_embeds"] = self.retrieved_embeds[index]
+        return item

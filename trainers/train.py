@@ -235,14 +235,16 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
             eval_cache = (_cached_rows(model, processor, eval_rows, columns, data_args, eval_name)
                           if eval_rows is not None else None)
         # image-derived targets of both splits come from the training images, as a user's gallery would
-        train_dataset = train_cache.as_dataset(data_args.target)
-        eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache)
+        train_dataset = train_cache.as_dataset(data_args.target,
+                                               with_probes=training_args.retrieved_image_weight > 0)
+        eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache, with_probes=True)
                         if eval_cache is not None else None)
         data_collator = None  # rows are tensors already: the default collator stacks them
     else:
-        if data_args.target != "text":
-            raise ValueError(f"target {data_args.target!r} needs the embedding cache (use_embedding_cache true): "
-                             "it is computed from the cached image embeddings.")
+        if data_args.target != "text" or training_args.retrieved_image_weight > 0:
+            raise ValueError(f"target {data_args.target!r} with retrieved_image_weight "
+                             f"{training_args.retrieved_image_weight} needs the embedding cache (use_embedding_cache "
+                             "true): image-derived targets are computed from the cached image embeddings.")
         train_dataset = _raw_dataset(train_rows, columns, train_name)
         eval_dataset = _raw_dataset(eval_rows, columns, eval_name) if eval_rows is not None else None
         data_collator = RawTripletCollator(processor, columns)

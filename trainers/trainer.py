@@ -146,16 +146,32 @@ class RawTripletCollator:
 
 
 def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -> dict[str, float]:
-    """Proxy retrieval metric during training: rank every distinct modified caption of the held-out slice for each
-    composed query; recall@k in percent. Duplicate captions count as one gallery entry."""
+    """Proxy retrieval metrics during training, in percent, on the held-out slice of the triplets.
+
+    `R@k`: each composed query ranks every distinct training target (the modified caption's embedding, or its
+    image-derived replacement). With probes (cached evaluation sets), also target-independent figures, the same for
+    every `target`, so that runs trained towards different targets compare: `caption_R@k` ranks the distinct modified
+    captions, `image_R@k` the distinct retrieved images (the training image nearest to each modified caption), and
+    `probe_R@1` is their mean — the caption says what changed, the retrieved image what a gallery holds; a query that
+    only moves into the text side scores well on the first and badly on the second. Duplicates count once."""
     from scot_eval.metrics import recall_at_k
 
-    composed = torch.as_tensor(eval_prediction.predictions, dtype=torch.float32)
-    targets = torch.as_tensor(eval_prediction.label_ids, dtype=torch.float32)
-    distinct_targets, target_index = torch.unique(targets, dim=0, return_inverse=True)
     normalize = torch.nn.functional.normalize
-    scores = normalize(composed, dim=-1) @ normalize(distinct_targets, dim=-1).T
-    return recall_at_k(scores, target_index, ks=ks)
+    composed = normalize(torch.as_tensor(eval_prediction.predictions, dtype=torch.float32), dim=-1)
+
+    def recall(labels) -> dict[str, float]:
+        distinct, index = torch.unique(torch.as_tensor(labels, dtype=torch.float32), dim=0, return_inverse=True)
+        return recall_at_k(composed @ normalize(distinct, dim=-1).T, index, ks=ks)
+
+    labels = eval_prediction.label_ids
+    if not isinstance(labels, (tuple, list)):
+        return recall(labels)
+    targets, captions, images = labels
+    metrics = recall(targets)
+    metrics.update({f"caption_{name}": value for name, value in recall(captions).items()})
+    metrics.update({f"image_{name}": value for name, value in recall(images).items()})
+    metrics["probe_R@1"] = (metrics["caption_R@1"] + metrics["image_R@1"]) / 2
+    return metrics
 
 
 class ScotTrainer(Trainer):
@@ -211,10 +227,21 @@ class ScotTrainer(Trainer):
         composed = model(image_embeds=inputs["image_embeds"], text_embeds=inputs["text_embeds"]).composed_embeds
         return composed, inputs["modified_caption_embeds"], inputs.get("caption_embeds")
 
+    def _mixed_loss(self, loss_fn, config, composed, modified, captions, inputs) -> torch.Tensor:
+        """The loss towards the target, mixed with the loss towards the retrieved image when
+        `args.retrieved_image_weight` > 0 (target mixing, see `ScotTrainingArguments`)."""
+        weight = self.args.retrieved_image_weight
+        loss = loss_fn(config, composed, modified, captions)
+        if weight == 0:
+            return loss
+        if "probe_image_embeds" not in inputs:
+            raise ValueError("retrieved_image_weight > 0 needs retrieved-image targets: train on the embedding cache.")
+        return (1 - weight) * loss + weight * loss_fn(config, composed, inputs["probe_image_embeds"], captions)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         composed, modified, captions = self._embed_batch(model, inputs)
         config = self.accelerator.unwrap_model(model).config
-        loss = gathered_scot_loss(config, composed, modified, captions)
+        loss = self._mixed_loss(gathered_scot_loss, config, composed, modified, captions, inputs)
         return (loss, {"composed_embeds": composed}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -222,11 +249,15 @@ class ScotTrainer(Trainer):
         with torch.no_grad():
             composed, modified, captions = self._embed_batch(model, inputs)
             # per-process loss on the local batch: evaluation does not need the global negatives
-            loss = compute_scot_loss(self.accelerator.unwrap_model(model).config, composed, modified, captions)
+            loss = self._mixed_loss(compute_scot_loss, self.accelerator.unwrap_model(model).config, composed,
+                                    modified, captions, inputs)
         if prediction_loss_only:
             return loss.detach(), None, None
-        # the modified-caption embeddings travel as "labels", so Trainer gathers them and calls compute_metrics
-        return loss.detach(), composed.detach(), modified.detach()
+        # the targets (and the probes) travel as "labels", so Trainer gathers them and calls compute_metrics
+        labels = modified.detach()
+        if "probe_image_embeds" in inputs:
+            labels = (labels, inputs["probe_caption_embeds"].detach(), inputs["probe_image_embeds"].detach())
+        return loss.detach(), composed.detach(), labels
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

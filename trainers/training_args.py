@@ -118,9 +118,17 @@ class ScotTrainingArguments(TrainingArguments):
         "help": "Also evaluate on this CIR benchmark at every evaluation: fashioniq | cirr | circo."})
     cir_data_dir: str | None = field(default=None, metadata={"help": "The benchmark's folder (official layout)."})
     cir_split: str = field(default="val", metadata={"help": "The benchmark split evaluated during training."})
+    retrieved_image_weight: float = field(default=0.0, metadata={
+        "help": "Target mixing: the loss is (1 - w) * loss(composed, target) + w * loss(composed, retrieved image), "
+                "the retrieved image being the training image nearest to the modified caption, the reference "
+                "excluded (what `target retrieved_image` trains on alone). It keeps the composed query among real "
+                "images where the text alone would pull it into the text side. 0 = the target only; needs the "
+                "embedding cache."})
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0.0 <= self.retrieved_image_weight <= 1.0:
+            raise ValueError(f"retrieved_image_weight must be in [0, 1], got {self.retrieved_image_weight}.")
         if self.cir_benchmark is None:
             return
         from scot_eval.benchmarks import BENCHMARKS
