@@ -19,10 +19,9 @@ METHOD_NAMES = {
     "image": "Image only (reference image embedding)",
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
-    "scot": "SCOT (Combiner, SCOT loss)",
-    "scot_split": "Combiner, SCOT loss 'split' reading",
+    "scot": "SCOT (Combiner, SCOT loss, text + retrieved-image targets)",
+    "scot_text_only": "Combiner, SCOT loss on text targets only (the paper's Eq. 4-9)",
     "scot_infonce": "Combiner trained with InfoNCE instead",
-    "scot_infonce_captions": "Combiner, InfoNCE + caption negatives",
 }
 BASELINES = ("image", "text", "sum")
 

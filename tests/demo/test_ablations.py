@@ -3,15 +3,22 @@
 from demo import ablations
 
 
-def test_every_loss_gets_the_same_number_of_settings_over_the_same_epochs_and_rates():
-    grids = {loss: ablations.grid(loss) for loss, _ in ablations.VARIANTS}
+def test_every_variant_gets_the_same_number_of_settings_over_the_same_epochs_and_rates():
+    grids = {name: ablations.grid(name) for name in ablations.VARIANTS}
     assert len({len(settings) for settings in grids.values()}) == 1
-    for loss, settings in grids.items():
-        knob, values = ablations.LOSS_KNOB[loss]
+    for name, settings in grids.items():
+        knob, values = ablations.VARIANTS[name][2]
         assert {setting["num_train_epochs"] for setting in settings} == set(ablations.EPOCHS)
         assert {setting["learning_rate"] for setting in settings} == set(ablations.LEARNING_RATES)
         assert {setting[knob] for setting in settings} == set(values)
-    assert len(ablations.grid("scot", (1e-4, 3e-4))) == 2 * len(grids["scot"])
+    assert len(ablations.grid("scot+text", (1e-4, 3e-4))) == 2 * len(grids["scot+text"])
+
+
+def test_unknown_variant_is_refused_by_name():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"scot\+nothing"):
+        ablations.run(ablations.AblationArguments(output_dir="/nonexistent", variants=["scot+nothing"]))
 
 
 def test_report_tables_give_mean_and_spread_over_seeds_and_every_searched_setting():

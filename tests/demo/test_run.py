@@ -37,7 +37,7 @@ def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kin
     args = run.DemoArguments(output_dir=str(tmp_path / "out"), scot_model_dir=str(tmp_path / "scot-demo"))
     (tmp_path / "out").mkdir()
     triplet_stats = {"kept_rows": 64, "per_generator": {"templates": 64}}
-    combiners = {method: scot_folder for method in run.COMBINER_LOSSES}  # the same model under every name here
+    combiners = {method: scot_folder for method in run.COMBINERS}  # the same model under every name here
     summary = run.evaluate_and_report(args, combiners, kinds, triplet_stats, {}, time.perf_counter())
 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())

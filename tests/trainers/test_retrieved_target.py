@@ -55,3 +55,58 @@ def test_the_gap_target_moves_the_caption_by_the_mean_image_minus_the_mean_text(
     moved = CachedTripletDataset(cache, target="text_gap")[0]["modified_caption_embeds"]
     # (0, 0, 1) + (0.5, 0.2, -0.9) = (0.5, 0.2, 0.1), renormalised
     torch.testing.assert_close(moved, _unit(0.5, 0.2, 0.1))
+
+
+def _one_row_cache():
+    text = torch.stack([_unit(0.25, 1.0, 0.05), _unit(0.0, 0.0, 1.0), _unit(1.0, 0.0, 0.0)])  # T_u, T_m, T
+    rows = {name: torch.tensor([index]) for name, index in
+            (("image", 0), ("modified_caption", 0), ("modification", 1), ("caption", 2))}
+    return EmbeddingCache(None, GALLERY, text, rows, {"skipped": {}}), text
+
+
+def test_probes_carry_the_modified_caption_and_the_retrieved_image_whatever_the_target():
+    cache, text = _one_row_cache()
+    for target in ("text", "retrieved_image", "text_gap"):
+        row = CachedTripletDataset(cache, target=target, with_probes=True)[0]
+        assert torch.equal(row["probe_caption_embeds"], text[0])
+        assert torch.equal(row["probe_image_embeds"], BLUE_HAT)
+    assert "probe_image_embeds" not in CachedTripletDataset(cache)[0]
+
+
+def test_target_mixing_weighs_the_text_and_the_retrieved_image_losses():
+    from modeling_scot import ScotConfig
+    from modeling_scot.modeling_scot import compute_scot_loss
+    from trainers.trainer import ScotTrainer
+    from trainers.training_args import ScotTrainingArguments
+
+    torch.manual_seed(0)
+    composed, targets, images, captions = (F.normalize(torch.randn(4, 3), dim=-1) for _ in range(4))
+    config = ScotConfig(margin=0.2)
+    trainer = ScotTrainer.__new__(ScotTrainer)  # only `args` is read by the loss mixing
+    trainer.args = ScotTrainingArguments(output_dir="unused", retrieved_image_weight=0.25, report_to="none")
+    mixed = trainer._mixed_loss(compute_scot_loss, config, composed, targets, captions,
+                                {"probe_image_embeds": images})
+    expected = (0.75 * compute_scot_loss(config, composed, targets, captions)
+                + 0.25 * compute_scot_loss(config, composed, images, captions))
+    torch.testing.assert_close(mixed, expected)
+    with pytest.raises(ValueError, match="embedding cache"):
+        trainer._mixed_loss(compute_scot_loss, config, composed, targets, captions, {})
+    with pytest.raises(ValueError, match="retrieved_image_weight"):
+        ScotTrainingArguments(output_dir="unused", retrieved_image_weight=1.5)
+
+
+def test_validation_probes_report_caption_image_and_their_mean():
+    from transformers import EvalPrediction
+
+    from trainers.trainer import composed_to_caption_recall
+
+    # two queries: the first finds its caption and its image at rank 1; the second its caption only at rank 2 and
+    # its image at rank 1
+    captions = torch.stack([_unit(1.0, 0.0, 0.0), _unit(0.0, 1.0, 0.0)])
+    images = torch.stack([_unit(0.0, 0.0, 1.0), _unit(1.0, 1.0, 0.0)])
+    composed = torch.stack([_unit(1.0, 0.0, 0.9), _unit(1.0, 0.9, 0.0)])
+    metrics = composed_to_caption_recall(EvalPrediction(composed.numpy(), (captions.numpy(), captions.numpy(),
+                                                                           images.numpy())), ks=(1,))
+    assert metrics["R@1"] == metrics["caption_R@1"] == 50.0
+    assert metrics["image_R@1"] == 100.0
+    assert metrics["probe_R@1"] == 75.0
