@@ -1,13 +1,14 @@
 """The SCOT pipeline end to end on the embedded default, offline: `make demo` runs this.
 
-    python -m demo.run [--output_dir outputs/demo] [--llm_rows 240] [--generator_steps 40]
+    python -m demo.run [--output_dir outputs/demo] [--llm_rows 4000] [--generator_steps 40]
 
 1. demo data: captioned images from Debian packages (Tux Paint stamps and their tints, Open Clip Art, Noto emoji);
 2. demo backbone: a `VisionTextDualEncoderModel`, frozen MiniLM text tower + a small vision tower trained here;
 3. demo CIR benchmark: held-out stamps changed in five kinds of way (colour, count, an added object, background,
    orientation), one CIRR folder per kind, answers known by construction;
-4. triplets: SmolLM2-135M LoRA-tuned briefly on the seed triplets writes (modification, modified caption) for a
-   sample of captions; the rule-based templates write the rest (colour swaps of tinted stamps, ...) -> scot-triplets/;
+4. triplets: SmolLM2-135M LoRA-tuned briefly on the seed triplets (eleven kinds of change) writes (modification,
+   modified caption) for `llm_rows` captions, each asked for a kind drawn so that none dominates; the rule-based
+   templates only where its answer is rejected -> scot-triplets/;
 5. SCOT: the Combiner trained on cached embeddings with the SCOT loss, half of it towards the retrieved training
    image (target mixing, the default) -> scot-demo/; and, to compare, the paper's loss on text targets alone and
    InfoNCE (same data and budget);
@@ -49,7 +50,7 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where every stage caches its output."})
     scot_model_dir: str = field(default="scot-demo", metadata={"help": "where the trained model lands"})
     triplets_dir: str = field(default="scot-triplets", metadata={"help": "where the triplets land"})
-    llm_rows: int = field(default=240, metadata={"help": "captions the LLM writes triplets for"})
+    llm_rows: int = field(default=4000, metadata={"help": "captions the LLM writes triplets for"})
     generator_steps: int = field(default=40, metadata={"help": "LoRA steps on the seed triplets"})
     scot_epochs: int = field(default=20, metadata={"help": "Epochs of the Combiner's training."})
 
@@ -64,12 +65,16 @@ def _done(started: float, what: str) -> None:
 
 
 def fresh_folder(folder: Path, key: str) -> bool:
-    """True when `folder` was built from inputs with this `key`; otherwise empties it (stale) and returns False."""
+    """True when `folder` was built from inputs with this `key`; otherwise empties it (stale) and returns False.
+    Only a folder the demo wrote (its `.demo_key` marker) is ever emptied: anything else there is refused."""
     marker = folder / ".demo_key"
     if marker.is_file() and marker.read_text() == key:
         return True
-    if folder.exists():
+    if marker.is_file():
         shutil.rmtree(folder)
+    elif folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files the demo did not write (no .demo_key marker): move them away "
+                              "or choose another --output_dir.")
     return False
 
 
@@ -91,39 +96,40 @@ def build_benchmark(output_dir: Path, data_key: str) -> dict[str, Path]:
     folder = output_dir / "benchmark"
     if fresh_folder(folder, f"{data_key}:kinds-v1") and (folder / "kinds.json").is_file():
         return load_kinds(folder)
+    mark_fresh(folder, f"{data_key}:kinds-v1")  # first: a run killed while building leaves a folder it may redo
     stamps = []
     for stamp in benchmark_stamps():
         with Image.open(stamp.path) as opened:
             stamps.append((Path(stamp.path).stem, opened.convert("RGBA"), stamp.caption))
     build_kinds_benchmark(stamps, lambda image, colour: prepare_image(tint(image, colour)), TINT_COLOURS, folder)
-    mark_fresh(folder, f"{data_key}:kinds-v1")
     return load_kinds(folder)
 
 
 # -- 4. triplets --------------------------------------------------------------------------------------------------
 
 
-def generation_inputs(data_dir: Path, output_dir: Path, llm_rows: int, seed: int = 0) -> tuple[Path, Path]:
-    """Split the demo training rows in two parquet folders: a diverse sample for the LLM, the rest for templates."""
+def generation_inputs(data_dir: Path, output_dir: Path, llm_rows: int, seed: int = 0) -> Path:
+    """The rows the LLM writes triplets for, as one parquet folder: `llm_rows` of the demo training rows (all of them
+    when fewer), an equal share from each source so that no source dominates."""
     from datasets import concatenate_datasets
 
     from demo.data import load_demo_dataset
 
-    llm_dir, template_dir = output_dir / "generation-input" / "llm", output_dir / "generation-input" / "templates"
-    if (llm_dir / "rows.parquet").exists() and (template_dir / "rows.parquet").exists():
-        return llm_dir, template_dir
+    folder = output_dir / "generation-input" / "llm"
+    if (folder / "rows.parquet").exists():
+        return folder
     train = load_demo_dataset(data_dir)["train"].shuffle(seed=seed)
-    # the LLM sees every source: an equal share of each, the templates get everything else
     by_source = {name: train.filter(lambda row, name=name: row["source"] == name)
                  for name in sorted(set(train["source"]))}
-    share = max(1, llm_rows // len(by_source))
-    llm_part = concatenate_datasets([rows.select(range(min(share, len(rows)))) for rows in by_source.values()])
-    template_part = concatenate_datasets([rows.select(range(min(share, len(rows)), len(rows)))
-                                          for rows in by_source.values()])
-    for folder, rows in ((llm_dir, llm_part), (template_dir, template_part)):
-        folder.mkdir(parents=True, exist_ok=True)
-        rows.select_columns(["image", "caption", "source", "license"]).to_parquet(str(folder / "rows.parquet"))
-    return llm_dir, template_dir
+    # a source smaller than its share gives all its rows; the others share what it leaves
+    shares, left = {}, llm_rows
+    for position, (name, rows) in enumerate(sorted(by_source.items(), key=lambda item: len(item[1]))):
+        shares[name] = min(len(rows), left // (len(by_source) - position))
+        left -= shares[name]
+    rows = concatenate_datasets([by_source[name].select(range(share)) for name, share in shares.items()])
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.select_columns(["image", "caption", "source", "license"]).to_parquet(str(folder / "rows.parquet"))
+    return folder
 
 
 def generator_adapter(output_dir: Path, generator_steps: int) -> Path:
@@ -131,36 +137,37 @@ def generator_adapter(output_dir: Path, generator_steps: int) -> Path:
     from data_gen.finetune import FinetuneArguments, finetune
 
     adapter = output_dir / "generator-lora"
-    if not fresh_folder(adapter, f"steps={generator_steps}") or not (adapter / "adapter_config.json").exists():
+    key = f"steps={generator_steps}:kinds-v1"
+    if not fresh_folder(adapter, key) or not (adapter / "adapter_config.json").exists():
+        mark_fresh(adapter, key)  # first: a run killed while tuning leaves a folder the next run may empty
+        # full-precision LoRA: on a CPU, 4-bit weights are dequantised at every matmul (QLoRA is the GPU setting)
         finetune(FinetuneArguments(output_dir=str(adapter), max_steps=generator_steps, per_device_train_batch_size=8,
-                                   logging_steps=5, seed=0))
-        mark_fresh(adapter, f"steps={generator_steps}")
+                                   load_in_4bit=False, logging_steps=5, seed=0))
     return adapter
 
 
 def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows: int, generator_steps: int,
                   data_key: str) -> dict:
-    """The LLM's triplets for a sample of the rows and the templates' for the rest, merged into `triplets_dir` (one
-    train split under one card, what `load_dataset("scot-triplets")` reads); returns its statistics."""
+    """The LLM's triplets for `llm_rows` captions (each row asked for a kind of change, drawn so that none
+    dominates), the templates only where the LLM's answer is rejected, written to `triplets_dir` (one train split
+    under one card, what `load_dataset("scot-triplets")` reads); returns its statistics."""
     from data_gen.dataset_io import merge_triplet_datasets
     from data_gen.generate import GenerationArguments, run_generation
 
     adapter = generator_adapter(output_dir, generator_steps)
-    key = f"{data_key}:{llm_rows}:{generator_steps}"
-    for folder in ("generation-input", "triplets-llm", "triplets-templates"):
+    key = f"{data_key}:{llm_rows}:{generator_steps}:kinds-v1"
+    for folder in ("generation-input", "triplets-llm"):
         if not fresh_folder(output_dir / folder, key):
             mark_fresh(output_dir / folder, key)
-    llm_inputs, template_inputs = generation_inputs(data_dir, output_dir, llm_rows)
+    llm_inputs = generation_inputs(data_dir, output_dir, llm_rows)
     llm_stats = run_generation(GenerationArguments(
         output_dir=str(output_dir / "triplets-llm"), dataset=str(llm_inputs), model="smollm2", adapter=str(adapter),
-        fallback="templates", batch_size=16, shard_size=40, source_name="demo", source_license=SOURCE_LICENSE))
-    run_generation(GenerationArguments(
-        output_dir=str(output_dir / "triplets-templates"), dataset=str(template_inputs), engine="templates",
-        shard_size=2000, source_name="demo", source_license=SOURCE_LICENSE))
+        engine="prefix_cache", batch_size=32, fallback="templates", shard_size=400, source_name="demo",
+        source_license=SOURCE_LICENSE))
     return merge_triplet_datasets(
-        [output_dir / "triplets-llm", output_dir / "triplets-templates"], triplets_dir, repo_or_folder="scot-triplets",
-        pretty_name="SCOT demo triplets",
-        engine=f"transformers for {llm_stats['input_rows']} sampled rows, templates for the other rows")
+        [output_dir / "triplets-llm"], triplets_dir, repo_or_folder="scot-triplets", pretty_name="SCOT demo triplets",
+        engine=f"SmolLM2-135M + LoRA (prefix-cached batches) for {llm_stats['input_rows']} rows, templates where its "
+               "answer was rejected")
 
 
 # -- 5. SCOT ------------------------------------------------------------------------------------------------------
@@ -276,9 +283,11 @@ CIRR protocol: the reference is removed from each ranking; Rsubset ranks only th
 Percentages; "average" weighs every kind the same.
 
 What the training data teaches: the demo backbone sees tinted stamps captioned with their colour, so colour is
-grounded; the triplets ({triplet_stats['kept_rows']}: {triplet_stats['per_generator']}) change captions (colour,
-object, count swaps by the templates, anything by the LLM), never these images. Count, added objects, backgrounds and
-orientation are a transfer test. The benchmark's stamps are in none of the training data.
+grounded; the triplets change captions, never these images: {triplet_stats['kept_rows']} of them, by generator
+{triplet_stats['per_generator']}, by kind of change {triplet_stats.get('per_kind', {})} (the LLM is asked for a kind
+drawn evenly per row; the templates write colour, object and count swaps where its answer was rejected). None of them
+is aimed at the benchmark's kinds: counting, added objects, backgrounds and orientation are a transfer test, and the
+benchmark's stamps are in none of the training data.
 
 R@1 per kind:
 
@@ -333,10 +342,11 @@ def run_demo(args: DemoArguments) -> dict:
     kinds = build_benchmark(output_dir, data_key)
     _done(t, ", ".join(str(folder) for folder in kinds.values()))
 
-    t = stage("4/6 triplets (SmolLM2 + LoRA for a sample, templates for the rest)")
+    t = stage("4/6 triplets (SmolLM2 + LoRA writes them, templates where it fails)")
     triplet_stats = make_triplets(output_dir / "data", output_dir, triplets_dir, args.llm_rows, args.generator_steps,
                                   data_key)
-    _done(t, f"{triplets_dir}: {triplet_stats['kept_rows']} triplets, per generator {triplet_stats['per_generator']}")
+    _done(t, f"{triplets_dir}: {triplet_stats['kept_rows']} triplets, per generator {triplet_stats['per_generator']}, "
+             f"per kind {triplet_stats.get('per_kind', {})}")
 
     t = stage("5/6 SCOT training (cached embeddings; the SCOT loss, and the comparison losses, same budget)")
     run_key = f"{backbone_report['fingerprint']}:{data_key}:{args.llm_rows}:{args.generator_steps}:{args.scot_epochs}"

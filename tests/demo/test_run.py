@@ -89,3 +89,17 @@ def test_model_dir_holding_another_kind_of_model_is_left_alone(scot_folder, tmp_
     with pytest.raises(FileExistsError, match="another kind of model"):
         run.publish_model(model, processor, tmp_path / "clip")
     assert (tmp_path / "clip" / "config.json").read_text() == '{"model_type": "clip"}'
+
+
+def test_a_stage_folder_the_demo_did_not_write_is_refused_not_emptied(tmp_path):
+    foreign = tmp_path / "triplets-llm"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write"):
+        run.fresh_folder(foreign, "key")
+    assert (foreign / "notes.txt").read_text() == "mine"
+    run.mark_fresh(tmp_path / "stale", "old-key")
+    (tmp_path / "stale" / "output.bin").write_text("stale")
+    assert not run.fresh_folder(tmp_path / "stale", "new-key") and not (tmp_path / "stale").exists()
+    run.mark_fresh(tmp_path / "current", "key")
+    assert run.fresh_folder(tmp_path / "current", "key")
