@@ -39,11 +39,16 @@ What is measured, all in one process and on the same data:
   OpenMP, the baseline's sorting threads) do not spin against each other query by query. One warm-up call each
   before timing.
 - ours runs as GalleryIndex.search does it: the scores by numpy's own BLAS (one query: the baseline's matrix-vector
-  product, on the same threads; a batch: `queries @ gallery.T` in blocks of at most 256 MiB of scores, as the
-  baseline's), then a partial selection instead of a sort: `np.argpartition` (O(N)) for one query, the threaded
-  `torch.topk` for a batch, and a sort of the 50. So ours can only lose to the baseline by noise. (faiss's flat
-  search, used before: a single query scanned with one OpenMP thread lost to the baseline on an idle 2-core machine,
-  0.6x at 100k, and its batched BLAS path fell to ~1x on a loaded one.)
+  product, on the same threads; a batch: `queries @ gallery.T`), then a partial selection instead of a sort:
+  `np.argpartition` (O(N)) for one query, and a sort of the 50. A batch whose scores of the whole gallery exceed
+  256 MiB (256 queries from 262k images on) is scored block by block of the gallery (16k rows for 256 queries: the
+  product at the matmul's full rate, the gallery read once, each block's scores selected while still in cache):
+  each block is screened by the maximum of every group of 32 scores and only the groups that can still enter the
+  top 50 are gathered and merged (`scot_search.index.blocked_top_k`); smaller batches take `torch.topk` over all
+  their scores at once (faster at 100k). So ours can only lose to the baseline by noise. (faiss's flat search,
+  used before: a single query scanned with one OpenMP thread lost to the baseline on an idle 2-core machine, 0.6x
+  at 100k, and its batched BLAS path fell to ~1x on a loaded one. A `torch.topk` of each block's scores, or of
+  all the scores in blocks of queries, as before, cost a third to a half of the product at 1M images.)
 - approximate indexes (`--approximate`): "hnsw" (M 32, efConstruction 200, efSearch 128) and "ivf" (nlist 4*sqrt(N),
   nprobe 16), the GalleryIndex defaults, as extra rows with their recall@50 against the exact top-50 and their
   build time. They are not held to the goals (they read only part of the gallery). Random gaussian vectors have no

@@ -65,6 +65,14 @@ INDEX_FORMAT_VERSION = 1
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 # exact search scores the gallery for this many bytes of queries at a time ([queries, N] float32; >= 1 query)
 SCORE_BLOCK_BYTES = 256 * 2**20
+# a batch of queries whose scores of the whole gallery would exceed SCORE_BLOCK_BYTES scores it in blocks of gallery
+# rows of about this many bytes instead ([queries, rows] float32, selected while still in the CPU's cache; the
+# gallery is read once per block of queries) ...
+SCORE_TILE_BYTES = 16 * 2**20
+# ... and screens each block's scores by the maximum of every group of this many (see `blocked_top_k`); up to
+# SCORE_TILE_BYTES / (4 * MIN_BLOCK_ROWS) queries share each read of the gallery
+SCORE_GROUP = 32
+MIN_BLOCK_ROWS = 4096
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 INDEX_MARKER = ".scot-index"
 LOCK_FILE = ".scot-index.lock"
@@ -219,27 +227,39 @@ class GalleryIndex:
         if self.index_type != "flat":
             return self.faiss_index.search(queries, k)
         rows = max(1, SCORE_BLOCK_BYTES // (4 * len(self)))
+        if self._scored_in_gallery_blocks(len(queries)):
+            rows = SCORE_TILE_BYTES // (4 * MIN_BLOCK_ROWS)  # the blocked product: the gallery read once per `rows`
         blocks = [self._exact_top_k(queries[start:start + rows], k) for start in range(0, len(queries), rows)]
         return np.concatenate([scores for scores, _ in blocks]), np.concatenate([top for _, top in blocks])
+
+    def _scored_in_gallery_blocks(self, count: int) -> bool:
+        """Whether `count` queries take `blocked_top_k`: when all their scores would not fit in SCORE_BLOCK_BYTES, so
+        that blocks of queries would read the gallery again and again (at 100k images, one `torch.topk` of all the
+        scores of 256 queries was faster than the blocks)."""
+        return count > 1 and 4 * count * len(self) > SCORE_BLOCK_BYTES
 
     def _exact_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-`k` of a block of queries: every score by numpy's BLAS — for one query the matrix-vector product
         `gallery @ q` runs, for several the matrix product `queries @ gallery.T`, on the threads numpy gives them —
         then a partial selection (O(N) per query, not a sort of all N): `np.argpartition` for one query, the threaded
-        `torch.topk` for several. So it is never slower than `gallery @ q` + a full sort, on any machine; faiss's
-        flat search lost to that on some (its single-query scan with one thread or all, its batched path on a loaded
+        `torch.topk` for several, or, when their scores exceed `SCORE_BLOCK_BYTES`, the product and the selection
+        block by block of the gallery (`blocked_top_k`, which needs no torch.topk of all N). So it is never
+        slower than `gallery @ q` + a full sort, on any machine; faiss's flat
+        search lost to that on some (its single-query scan with one thread or all, its batched path on a loaded
         machine: bench/bench_search.py). Equal scores are listed by position (a tie at the k-th score keeps any
         of the tied rows)."""
         if len(queries) == 1:
             scores = (self.embeds @ queries[0])[None]
             top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+            top_scores = np.take_along_axis(scores, top, axis=1)
+        elif self._scored_in_gallery_blocks(len(queries)):
+            block_rows = max(MIN_BLOCK_ROWS, SCORE_TILE_BYTES // (4 * len(queries)))
+            top_scores, top = blocked_top_k(queries, self.embeds, k, block_rows, SCORE_GROUP)
         else:
             scores = queries @ self.embeds.T
             top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
-        top = np.sort(top, axis=1)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        return np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+            top_scores = np.take_along_axis(scores, top, axis=1)
+        return _by_score_then_position(top_scores, top)
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
@@ -291,6 +311,68 @@ class GalleryIndex:
                     if key not in ("format_version", "index_type", "index_options", "num_images", "embed_dim")}
         return cls(embeds, columns["id"], columns["path"], index_type=index_type, faiss_index=faiss_index,
                    metadata=metadata, versions=columns.get("version"), rows=columns.get("row"), **options)
+
+
+def _by_score_then_position(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (score, position) pairs ordered best score first, equal scores by position."""
+    order = np.argsort(positions, axis=1)
+    scores, positions = np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1).astype(np.int64)
+
+
+def _group_max(scores: np.ndarray, group: int) -> np.ndarray:
+    """`[Q, W / group]`: the maximum of each group of columns j, j + W/group, j + 2 W/group, ... (W = columns, a
+    multiple of `group`, a power of two), by halving: each step is one vectorised `np.maximum` of two contiguous
+    halves (numpy's own reductions over the group axis ran 7-20x slower)."""
+    maxima = scores.reshape(len(scores), group, -1)
+    while maxima.shape[1] > 1:
+        half = maxima.shape[1] // 2
+        maxima = np.maximum(maxima[:, :half], maxima[:, half:])
+    return maxima[:, 0]
+
+
+def blocked_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, block_rows: int,
+                  group: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) `[Q, k]`, unordered, of the `k` best gallery rows per query, the gallery scored
+    `block_rows` rows at a time (k <= len(gallery); `group` a power of two).
+
+    Why blocks: the product `queries @ block.T` runs at the matmul's full rate (the gallery read once, the scores
+    `[Q, block_rows]` small enough to stay in cache), and a block's scores are selected right away. Why groups: a
+    `torch.topk` of every block cost a third of the product at 1M images; instead each block's scores are screened
+    by the maximum of each group of `group` columns (one pass), and only the groups that can matter are read again.
+    A block's best k scores lie in its k groups of highest maximum, and a score not above the k-th best found so far
+    cannot enter the top k (an equal one could only tie at the k-th score), so it is enough to gather, per block,
+    the `min(k, m)` groups of highest maximum, where m is the most groups any query has above its k-th best so far
+    (all the groups of the first block). Everything here is numpy: torch's threads and the BLAS's threads taking
+    turns block after block spun against each other on a loaded 2-core machine, and `np.argpartition` is faster
+    than `torch.topk` on these small selections. The result holds the same scores as one selection over all the
+    scores; only which rows of a tie at the k-th score are kept may differ."""
+    count = len(queries)
+    best_scores = np.full((count, k), -np.inf, np.float32)
+    best_positions = np.zeros((count, k), np.int64)
+    for start in range(0, len(gallery), block_rows):
+        scores = queries @ gallery[start:start + block_rows].T
+        width = scores.shape[1]
+        grouped = width - width % group  # the last `width % group` columns (< group) are always candidates
+        candidates = [np.broadcast_to(np.arange(grouped, width), (count, width - grouped))]
+        if grouped:
+            group_max = _group_max(scores[:, :grouped], group)
+            kth_best = best_scores.min(axis=1, keepdims=True)  # -inf until k scores were found
+            needed = min(k, int((group_max > kth_best).sum(axis=1).max()))
+            if needed:
+                top_groups = np.argpartition(group_max, group_max.shape[1] - needed, axis=1)[:, -needed:]
+                stride = grouped // group
+                candidates.append((top_groups[:, :, None] + np.arange(group) * stride).reshape(count, -1))
+        candidates = np.concatenate(candidates, axis=1)
+        if not candidates.shape[1]:
+            continue
+        merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, candidates, axis=1)], axis=1)
+        merged_positions = np.concatenate([best_positions, candidates + start], axis=1)
+        kept = np.argpartition(merged_scores, merged_scores.shape[1] - k, axis=1)[:, -k:]
+        best_scores = np.take_along_axis(merged_scores, kept, axis=1)
+        best_positions = np.take_along_axis(merged_positions, kept, axis=1)
+    return best_scores, best_positions
 
 
 def _read_saved_index(folder: Path) -> tuple[dict, np.ndarray, dict[str, list]]:

@@ -349,3 +349,57 @@ def test_the_gallery_is_no_place_for_its_index(gallery_folder, model_and_process
         build_gallery_index(model, processor, items, gallery / "index", source={"folder": str(gallery)},
                             show_progress=False)
     assert snapshot(gallery) == before
+
+
+@pytest.fixture
+def blocked_and_plain(monkeypatch):
+    """`search(index, queries, k)` twice: with the product and selection block by block of the gallery (blocks of
+    250 rows: not a multiple of the 32-score groups, so each block's last columns are taken without screening, and
+    3001 rows leave a last block of one), and with all scores at once (the plain path)."""
+    import scot_search.index
+
+    def search(index, queries, k):
+        all_scores_bytes = 4 * len(queries) * len(index)
+        monkeypatch.setattr(scot_search.index, "SCORE_BLOCK_BYTES", all_scores_bytes - 1)
+        monkeypatch.setattr(scot_search.index, "SCORE_TILE_BYTES", 4 * len(queries) * 250)
+        monkeypatch.setattr(scot_search.index, "MIN_BLOCK_ROWS", 250)
+        blocked = index.search(queries, k)
+        monkeypatch.setattr(scot_search.index, "SCORE_BLOCK_BYTES", all_scores_bytes)
+        return blocked, index.search(queries, k)
+
+    return search
+
+
+def test_blocked_top_k_equals_the_plain_one_ties_included(blocked_and_plain):
+    # small integers: every score is exact whatever the order of summation, and many are equal, also across blocks
+    rng = np.random.default_rng(3)
+    gallery = rng.integers(-3, 4, (3001, 16)).astype(np.float32)
+    gallery[2900:2950] = gallery[:50]  # equal rows in the first and the last blocks
+    queries = np.concatenate([gallery[:3], rng.integers(-3, 4, (6, 16)).astype(np.float32)])
+    all_scores = queries @ gallery.T
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    for k in (1, 40, 600):
+        (blocked_scores, blocked_positions), (plain_scores, plain_positions) = blocked_and_plain(index, queries, k)
+        assert_exact_top_k(blocked_scores, blocked_positions, all_scores)
+        assert_exact_top_k(plain_scores, plain_positions, all_scores)
+        np.testing.assert_array_equal(blocked_scores, plain_scores)
+        # the same rows in the same order, except which rows of a tie at the k-th score are kept ("any of them")
+        above_kth = blocked_scores > blocked_scores[:, -1:]
+        np.testing.assert_array_equal(blocked_positions[above_kth], plain_positions[above_kth])
+        assert blocked_positions.dtype == np.int64 and blocked_scores.dtype == np.float32
+    # the three queries that are gallery rows: their equal copy (row i and row 2900 + i) come next to each other
+    top = blocked_and_plain(index, queries[:3], 2)[0][1]
+    assert [set(row) for row in top] == [{0, 2900}, {1, 2901}, {2, 2902}]
+
+
+def test_blocked_top_k_equals_the_plain_one_on_unit_vectors(blocked_and_plain):
+    rng = np.random.default_rng(4)
+    gallery = rng.standard_normal((3001, 32)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = rng.standard_normal((20, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    (blocked_scores, blocked_positions), (plain_scores, plain_positions) = blocked_and_plain(index, queries, 50)
+    np.testing.assert_array_equal(blocked_positions, plain_positions)
+    # the same products, up to the BLAS's order of summation for matrices of other shapes
+    np.testing.assert_allclose(blocked_scores, plain_scores, rtol=0, atol=1e-6)
