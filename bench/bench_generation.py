@@ -152,7 +152,7 @@ def acceptance(model, tokenizer, captions, prompt_style, num_shots, batch_size, 
         "seconds": round(time.perf_counter() - started, 1),
         "examples": [
             {"caption": row.caption, "modification": modification, "modified_caption": modified}
-            for row, modification, modified, _ in kept[:5]
+            for row, modification, modified, *_ in kept[:5]
         ],
     }
 

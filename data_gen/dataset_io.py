@@ -40,6 +40,7 @@ FEATURES = Features(
         "modified_caption": Value("string"),
         "source": Value("string"),
         "generator": Value("string"),
+        "kind": Value("string"),
     }
 )
 COLUMNS = list(FEATURES)
@@ -212,12 +213,16 @@ def _feature_yaml(name: str, feature: Image | Value) -> dict:
 
 
 def merge_stats(states: dict[int, dict]) -> dict:
-    """Sum the per-shard records into the card's statistics."""
-    rejections, per_generator = Counter(), Counter()
+    """Sum the per-shard records into the card's statistics (records of versions before kinds have no kind counts)."""
+    rejections, per_generator, per_kind = Counter(), Counter(), Counter()
+    per_generator_kind: dict[str, Counter] = {}
     kept = generated = 0
     for state in states.values():
         rejections.update(state["rejections"])
         per_generator.update(state["per_generator"])
+        per_kind.update(state.get("per_kind", {}))
+        for name, kinds in state.get("per_generator_kind", {}).items():
+            per_generator_kind.setdefault(name, Counter()).update(kinds)
         kept += state["kept_rows"]
         generated += state["generated_rows"]
     return {
@@ -225,6 +230,10 @@ def merge_stats(states: dict[int, dict]) -> dict:
         "generated_rows": generated,
         "rejections": dict(sorted(rejections.items())),
         "per_generator": dict(sorted(per_generator.items())),
+        "per_kind": dict(sorted(per_kind.items())),
+        "per_generator_kind": {
+            name: dict(sorted(kinds.items())) for name, kinds in sorted(per_generator_kind.items())
+        },
     }
 
 

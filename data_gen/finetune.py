@@ -1,13 +1,16 @@
 """QLoRA fine-tuning of the triplet generator with TRL: `python -m data_gen.finetune --help`.
 
 The paper's setting (§4.2): LoRA on a 4-bit Falcon-7B-instruct, trained on 4K triplets written by a stronger
-model. Here, by default: the packaged SmolLM2-135M-Instruct on the seed triplets shipped with this package.
+model. Here, by default: the packaged SmolLM2-135M-Instruct on the seed triplets shipped with this package, 4-bit on a
+GPU and full precision on a CPU (where 4-bit matmuls are only emulated, and slower).
 
     python -m data_gen.finetune --model smollm2 --output_dir outputs/generator-lora --max_steps 200
 
 Each triplet becomes prompt-completion examples (the same prompt `data_gen.generate` sends); with a
-prompt-completion dataset `SFTTrainer` computes the loss on the completion only. The adapter folder also records
-the prompt style, so generation prompts the tuned model exactly as it was trained.
+prompt-completion dataset `SFTTrainer` computes the loss on the completion only. A triplet tagged with a `kind` (one of
+`prompts.KINDS_OF_CHANGE`, as every seed triplet is) is prompted with its kind of change, so the tuned model learns to
+make the kind it is asked for. The adapter folder also records the prompt style and whether kinds were in the
+prompts, so generation prompts the tuned model exactly as it was trained.
 """
 
 import json
@@ -21,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .models import PROMPT_CONFIG_NAME, load_causal_lm, load_tokenizer, resolve_model
-from .prompts import PROMPT_STYLES, TripletFilter, build_messages, render_prompt, target_text
+from .models import PROMPT_CONFIG_NAME, _dequantized_gguf_folder, load_causal_lm, load_tokenizer, resolve_model
+from .prompts import PROMPT_STYLES, TripletFilter, build_messages, check_kind, render_prompt, target_text
 from .sources import read_json_lines
 
 if TYPE_CHECKING:
@@ -36,14 +39,23 @@ logger = logging.getLogger(__name__)
 
 
 def read_triplets(paths: Iterable[str]) -> list[dict[str, str]]:
-    """Triplets from JSON-lines files with `caption`, `modification`, `modified_caption`; bad lines are errors."""
+    """Triplets from JSON-lines files with `caption`, `modification`, `modified_caption` and optionally `kind` (one of
+    `KINDS_OF_CHANGE`) and `category`; bad lines are errors."""
     triplets = []
     for path in paths:
         for line_number, record in read_json_lines(path):
             missing = [key for key in TRIPLET_KEYS if not str(record.get(key) or "").strip()]
             if missing:
                 raise ValueError(f"{path}:{line_number}: expected keys {TRIPLET_KEYS}, missing or empty: {missing}")
-            triplets.append({key: str(record[key]).strip() for key in TRIPLET_KEYS})
+            triplet = {key: str(record[key]).strip() for key in TRIPLET_KEYS}
+            for key in ("kind", "category"):
+                if record.get(key) is not None:
+                    triplet[key] = str(record[key]).strip()
+            try:
+                check_kind(triplet.get("kind"))
+            except ValueError as error:
+                raise ValueError(f"{path}:{line_number}: {error}") from None
+            triplets.append(triplet)
     return triplets
 
 
@@ -57,13 +69,15 @@ def split_triplets(triplets: list[dict[str, str]], held_out_fraction: float,
 
 
 def sft_examples(triplets: list[dict[str, str]], tokenizer: "PreTrainedTokenizerBase", prompt_style: str = "one_step",
-                 num_shots: int = 0) -> list[dict[str, str]]:
-    """Prompt-completion records; two-step prompting gives two examples per triplet (one per step)."""
+                 num_shots: int = 0, kinds: bool = True) -> list[dict[str, str]]:
+    """Prompt-completion records; two-step prompting gives two examples per triplet (one per step). With `kinds`,
+    a triplet's `kind` (where it has one) is in its prompt."""
     steps = ("both",) if prompt_style == "one_step" else ("modification", "modified_caption")
     examples = []
     for triplet in triplets:
+        kind = triplet.get("kind") if kinds else None
         for step in steps:
-            messages = build_messages(triplet["caption"], step, triplet["modification"], num_shots)
+            messages = build_messages(triplet["caption"], step, triplet["modification"], num_shots, kind)
             examples.append(
                 {
                     "prompt": render_prompt(tokenizer, messages),
@@ -90,8 +104,15 @@ class FinetuneArguments:
     num_shots: int = field(
         default=0, metadata={"help": "In-prompt examples in the training prompts (and at generation)."}
     )
+    kinds: bool = field(
+        default=True,
+        metadata={"help": "Put each triplet's kind of change in its prompt (--no_kinds: prompts without kinds)."},
+    )
     load_in_4bit: bool = field(
-        default=True, metadata={"help": "QLoRA: base weights in 4-bit NF4 (--no_load_in_4bit for full precision)."}
+        default=None,
+        metadata={"help": "QLoRA: base weights in 4-bit NF4 (`--load_in_4bit false`: full precision). Default: 4-bit "
+                          "on a GPU (the paper's setting), full precision on a CPU, where bitsandbytes only emulates "
+                          "4-bit matmuls and LoRA on the full-precision base trains faster."},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -140,10 +161,18 @@ def finetune(args: FinetuneArguments) -> "SFTTrainer":
 
         device_map = {"": PartialState().local_process_index}
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = load_causal_lm(
-        args.model, args.gguf_file, load_in_4bit=args.load_in_4bit, dtype=dtype, device_map=device_map
+    load_in_4bit = torch.cuda.is_available() if args.load_in_4bit is None else args.load_in_4bit
+    model_path, gguf_file = args.model, args.gguf_file
+    if not load_in_4bit:
+        # A model loaded from GGUF stays marked as quantised and Trainer refuses to train it: train on its plain
+        # dequantised copy (the one 4-bit loading quantises), the same weights.
+        folder, gguf_file = resolve_model(args.model, args.gguf_file)
+        if gguf_file:
+            model_path, gguf_file = _dequantized_gguf_folder(folder, gguf_file), None
+    model = load_causal_lm(model_path, gguf_file, load_in_4bit=load_in_4bit, dtype=dtype, device_map=device_map)
+    train_dataset = Dataset.from_list(
+        sft_examples(train_triplets, tokenizer, args.prompt_style, args.num_shots, args.kinds)
     )
-    train_dataset = Dataset.from_list(sft_examples(train_triplets, tokenizer, args.prompt_style, args.num_shots))
 
     target_modules = args.lora_target_modules
     if target_modules != "all-linear":
@@ -166,6 +195,7 @@ def finetune(args: FinetuneArguments) -> "SFTTrainer":
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         activation_checkpointing=args.gradient_checkpointing,  # TRL defaults it on; off is faster for small models
         bf16=args.bf16,
+        use_cpu=not torch.cuda.is_available(),  # said explicitly: Trainer refuses bf16 on a CPU it was not told of
         logging_steps=args.logging_steps,
         save_strategy="no",
         report_to="none",
@@ -184,7 +214,10 @@ def finetune(args: FinetuneArguments) -> "SFTTrainer":
     trainer.save_model(args.output_dir)  # the adapter only (and the tokenizer)
 
     with open(os.path.join(args.output_dir, PROMPT_CONFIG_NAME), "w") as handle:
-        prompt_config = {"prompt_style": args.prompt_style, "num_shots": args.num_shots, "base_model": args.model}
+        # "kinds": whether the prompts asked for a kind of change (only true when some training triplet had one)
+        trained_with_kinds = args.kinds and any("kind" in triplet for triplet in train_triplets)
+        prompt_config = {"prompt_style": args.prompt_style, "num_shots": args.num_shots, "kinds": trained_with_kinds,
+                         "base_model": args.model}
         json.dump(prompt_config, handle, indent=2)
     if held_out:
         with open(os.path.join(args.output_dir, "held_out.jsonl"), "w", encoding="utf-8") as handle:

@@ -10,15 +10,22 @@ the last shard and the card are written, the folder is marked incomplete (see `d
 `load_dataset` nor training reads a part of it as the dataset. Each kept row's image is decoded once first: a row
 whose image is missing or unreadable is skipped and counted.
 With `accelerate launch --num_processes N -m data_gen.generate ...` each process takes every N-th shard.
+
+Kinds of change: each input row is asked for one kind of change (`prompts.KINDS_OF_CHANGE`), drawn round-robin over
+a list of the kinds shuffled once per run with `--seed`, so every kind is asked for equally often and the draw depends
+only on the row's position and the seed (not on sharding or resuming). The `kind` column holds the kind asked for (a
+template row: the kind of its rule). An adapter tuned without kinds is prompted without them (`kind` is then empty
+for its rows).
 """
 
 import hashlib
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -38,9 +45,17 @@ from .dataset_io import (
 )
 from .fast_generation import load_prefix_cached_engine
 from .models import load_causal_lm, load_tokenizer, read_prompt_config, resolve_model
-from .prompts import PROMPT_STYLES, RejectionCounter, TripletFilter, build_messages, parse_completion, render_prompt
+from .prompts import (
+    KINDS_OF_CHANGE,
+    PROMPT_STYLES,
+    RejectionCounter,
+    TripletFilter,
+    build_messages,
+    parse_completion,
+    render_prompt,
+)
 from .sources import CaptionRow, DatasetSource, ImageFolderSource, clean_rows, image_problem
-from .templates import TemplateGenerator
+from .templates import TemplateGenerator, kind_of_change
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -122,16 +137,37 @@ class VLLMEngine:
 # Captions → kept triplets
 
 
+def draw_kinds(seed: int, start: int, count: int) -> list[str]:
+    """The kinds of change asked for rows `start .. start + count - 1` of a run: round-robin over `KINDS_OF_CHANGE`
+    shuffled once with `seed`. Every kind comes up equally often (within one over any stretch of rows), and a row's
+    kind depends only on its position and the seed."""
+    order = list(KINDS_OF_CHANGE)
+    random.Random(f"kinds:{seed}").shuffle(order)
+    return [order[position % len(order)] for position in range(start, start + count)]
+
+
+class KeptTriplet(NamedTuple):
+    """One kept triplet: the input row, the generated texts, who wrote them and the kind of change (None: not known,
+    the generator was not asked for a kind)."""
+
+    row: CaptionRow
+    modification: str
+    modified_caption: str
+    generator: str
+    kind: str | None
+
+
 class TripletGenerator:
     """Prompts an engine for a list of captions, parses and filters the answers, falls back to templates.
 
-    `engine=None` uses the template generator only. Returns kept triplets and the rejection counts.
+    `engine=None` uses the template generator only. With `kinds`, each caption's prompt asks for a kind of change
+    (`generate`'s `kinds`, else a balanced draw). Returns kept triplets and the rejection counts.
     """
 
     def __init__(self, engine: TransformersEngine | VLLMEngine | None = None,
                  tokenizer: "PreTrainedTokenizerBase | None" = None, prompt_style: str = "one_step",
                  num_shots: int = 3, generator_name: str = "templates", triplet_filter: TripletFilter | None = None,
-                 fallback: str = "none", seed: int = 0) -> None:
+                 fallback: str = "none", seed: int = 0, kinds: bool = False) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         if fallback not in ("none", "templates"):
@@ -143,18 +179,25 @@ class TripletGenerator:
         self.generator_name = generator_name if engine is not None else "templates"
         self.filter = triplet_filter or TripletFilter()
         self.fallback = fallback
+        self.kinds = kinds and engine is not None
         self.templates = TemplateGenerator(seed)
 
-    def prompt(self, caption: str, step: str = "both", modification: str | None = None) -> str:
-        return render_prompt(self.tokenizer, build_messages(caption, step, modification, self.num_shots))
+    def prompt(self, caption: str, step: str = "both", modification: str | None = None,
+               kind: str | None = None) -> str:
+        return render_prompt(self.tokenizer, build_messages(caption, step, modification, self.num_shots, kind))
 
-    def _llm_answers(self, captions: list[str], seed: int) -> list[tuple[str, str] | str]:
+    def _llm_answers(self, captions: list[str], seed: int,
+                     kinds: list[str | None]) -> list[tuple[str, str] | str]:
         """[(modification, modified_caption) or rejection reason] per caption."""
         if self.prompt_style == "one_step":
-            completions = self.engine.complete([self.prompt(caption) for caption in captions], seed)
+            completions = self.engine.complete(
+                [self.prompt(caption, "both", None, kind) for caption, kind in zip(captions, kinds)], seed
+            )
             parsed = [parse_completion(completion, "both") for completion in completions]
         else:
-            completions = self.engine.complete([self.prompt(caption, "modification") for caption in captions], seed)
+            completions = self.engine.complete(
+                [self.prompt(caption, "modification", None, kind) for caption, kind in zip(captions, kinds)], seed
+            )
             parsed = [parse_completion(completion, "modification") for completion in completions]
             second = [i for i, answer in enumerate(parsed) if answer.rejection is None and answer.modification]
             completions = self.engine.complete(
@@ -166,19 +209,27 @@ class TripletGenerator:
                 parsed[i] = answer
         return [answer.rejection or (answer.modification, answer.modified_caption) for answer in parsed]
 
-    def generate(self, rows: list[CaptionRow],
-                 seed: int = 0) -> tuple[list[tuple[CaptionRow, str, str, str]], RejectionCounter]:
+    def generate(self, rows: list[CaptionRow], seed: int = 0,
+                 kinds: list[str] | None = None) -> tuple[list[KeptTriplet], RejectionCounter]:
+        """Kept triplets and rejection counts for `rows`. `kinds`: the kind of change to ask for per row (only used
+        when the generator asks for kinds; default: `draw_kinds(seed, 0, len(rows))`)."""
         rejections = RejectionCounter()
+        if not self.kinds:
+            kinds = [None] * len(rows)
+        elif kinds is None:
+            kinds = draw_kinds(seed, 0, len(rows))
+        elif len(kinds) != len(rows):
+            raise ValueError(f"generate needs one kind per row: got {len(kinds)} kinds for {len(rows)} rows")
         if self.engine is None:
             answers = ["no_model"] * len(rows)
         else:
-            answers = self._llm_answers([row.caption for row in rows], seed)
+            answers = self._llm_answers([row.caption for row in rows], seed, kinds)
         kept = []
-        for row, answer in zip(rows, answers):
+        for row, answer, kind in zip(rows, answers, kinds):
             if not isinstance(answer, str):
                 reason = self.filter.check(row.caption, *answer)
                 if reason is None:
-                    kept.append((row, *answer, self.generator_name))
+                    kept.append(KeptTriplet(row, *answer, self.generator_name, kind))
                     continue
                 answer = reason
             if self.engine is not None:
@@ -187,7 +238,8 @@ class TripletGenerator:
                 template = self.templates.generate(row.caption)
                 reason = "no_rule" if template is None else self.filter.check(row.caption, *template[:2])
                 if reason is None:
-                    kept.append((row, template[0], template[1], "templates"))
+                    template_kind = kind_of_change(template[2], row.caption, template[1])
+                    kept.append(KeptTriplet(row, template[0], template[1], "templates", template_kind))
                 else:
                     rejections[f"templates_{reason}"] += 1
         return kept, rejections
@@ -234,6 +286,11 @@ class GenerationArguments:
         default=None, metadata={"help": "one_step | two_step (default: the adapter's, else one_step)."}
     )
     num_shots: int = field(default=None, metadata={"help": "In-prompt examples (default: the adapter's, else 3)."})
+    kinds: bool = field(
+        default=None,
+        metadata={"help": "Ask each row for a kind of change, drawn so that no kind dominates (`--kinds false`: "
+                          "never). Default: as the adapter was tuned (an adapter from before kinds: no), else yes."},
+    )
     batch_size: int = field(default=16, metadata={"help": "Prompts per generate call."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per prompt."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples with a per-shard seed."})
@@ -275,6 +332,17 @@ def prompt_settings(args: GenerationArguments) -> tuple[str, int]:
     return prompt_style, num_shots
 
 
+def asks_for_kinds(args: GenerationArguments) -> bool:
+    """Whether the prompts ask for a kind of change: the flag, else what the adapter was tuned with (an adapter whose
+    prompt settings do not say was tuned without kinds), else yes. The templates are never prompted."""
+    if args.engine == "templates":
+        return False
+    if args.kinds is not None:
+        return args.kinds
+    prompt_config = read_prompt_config(args.adapter)
+    return True if prompt_config is None else bool(prompt_config.get("kinds", False))
+
+
 def build_generator(args: GenerationArguments, device: torch.device) -> tuple[TripletGenerator, str, int]:
     """The TripletGenerator the arguments describe (loads the model, unless --engine templates)."""
     prompt_style, num_shots = prompt_settings(args)
@@ -306,7 +374,8 @@ def build_generator(args: GenerationArguments, device: torch.device) -> tuple[Tr
     if args.adapter:
         name += f"+{os.path.basename(os.path.normpath(args.adapter))}"
     generator = TripletGenerator(
-        engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed
+        engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed,
+        kinds=asks_for_kinds(args),
     )
     return generator, prompt_style, num_shots
 
@@ -358,21 +427,22 @@ def _shard_records(args: GenerationArguments, source: DatasetSource | ImageFolde
     """The dataset rows of a shard's kept triplets `(row, modification, modified caption, generator name)`. When the
     source has images, a triplet whose image is missing or cannot be decoded is dropped and counted in `rejections`
     (even with --no_embed_images: the row would be of no use without it)."""
-    images = source.images([row for row, *_ in kept]) if source.has_images else [None] * len(kept)
+    images = source.images([triplet.row for triplet in kept]) if source.has_images else [None] * len(kept)
     records = []
-    for (row, modification, modified_caption, generator_name), image in zip(kept, images):
+    for triplet, image in zip(kept, images):
         problem = image_problem(image) if source.has_images else None
         if problem is not None:
             rejections[problem] += 1
             continue
         records.append({
-            "id": row.id,
+            "id": triplet.row.id,
             "image": image if args.embed_images else None,
-            "caption": row.caption,
-            "modification": modification,
-            "modified_caption": modified_caption,
+            "caption": triplet.row.caption,
+            "modification": triplet.modification,
+            "modified_caption": triplet.modified_caption,
             "source": source.name,
-            "generator": generator_name,
+            "generator": triplet.generator,
+            "kind": triplet.kind,
         })
     return records
 
@@ -392,15 +462,24 @@ def generate_shards(args: GenerationArguments, source: DatasetSource | ImageFold
     started = time.perf_counter()
     for shard_index in (i for i in shards if i not in done):
         batch_rows = _shard_rows(args, rows, shard_index)
-        kept, rejections = generator.generate(batch_rows, seed=args.seed * 100_003 + shard_index)
+        # The kinds asked for follow the rows' positions in the run: one balanced round-robin over all shards.
+        kinds = draw_kinds(args.seed, shard_index * args.shard_size, len(batch_rows))
+        kept, rejections = generator.generate(batch_rows, seed=args.seed * 100_003 + shard_index, kinds=kinds)
         records = _shard_records(args, source, kept, rejections)
         per_generator = RejectionCounter(record["generator"] for record in records)
+        per_kind = RejectionCounter(record["kind"] or "unknown" for record in records)
         state = {
             "input_ids": [row.id for row in batch_rows],
             "generated_rows": len(batch_rows),
             "kept_rows": len(records),
             "rejections": rejections.as_dict(),
             "per_generator": per_generator.as_dict(),
+            "per_kind": per_kind.as_dict(),
+            "per_generator_kind": {
+                name: RejectionCounter(record["kind"] or "unknown" for record in records
+                                       if record["generator"] == name).as_dict()
+                for name in per_generator
+            },
         }
         write_shard(args.output_dir, shard_index, num_shards, records, state)
         progress.update(len(batch_rows))
@@ -429,6 +508,7 @@ def save_dataset(args: GenerationArguments, source: DatasetSource | ImageFolderS
         seed=args.seed,
         prompt_style=prompt_style,
         num_shots=num_shots,
+        kinds_asked=asks_for_kinds(args),
         fallback=args.fallback,
         example_prompt=example_prompt,
         images_embedded=args.embed_images,
@@ -473,11 +553,12 @@ def _example_prompt(args: GenerationArguments, generator: TripletGenerator | Non
                     num_shots: int) -> str:
     if args.engine == "templates":
         return "(rule-based templates: no prompt)"
+    kind = draw_kinds(args.seed, 0, 1)[0] if asks_for_kinds(args) else None  # the first row's
+    step = "both" if prompt_style == "one_step" else "modification"
     if generator is None or generator.tokenizer is None:
         tokenizer = load_tokenizer(args.model, args.gguf_file)
-        step = "both" if prompt_style == "one_step" else "modification"
-        return render_prompt(tokenizer, build_messages(caption, step, num_shots=num_shots))
-    return generator.prompt(caption, "both" if prompt_style == "one_step" else "modification")
+        return render_prompt(tokenizer, build_messages(caption, step, num_shots=num_shots, kind=kind))
+    return generator.prompt(caption, step, kind=kind)
 
 
 def main(argv: list[str] | None = None) -> int:

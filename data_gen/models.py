@@ -78,6 +78,35 @@ def _dequantized_gguf_folder(folder: str, gguf_file: str) -> str:
     return target
 
 
+def _quantize_linear_subclasses(model: torch.nn.Module, config: "BitsAndBytesConfig") -> int:
+    """Quantise to 4-bit the linear layers transformers left in full precision; returns how many.
+
+    transformers (5.x) swaps in bitsandbytes' `Linear4bit` only for modules of exactly the type `nn.Linear`, so
+    subclasses stay full precision without a word: Falcon's `FalconLinear`, every linear layer of a Falcon block (the
+    paper's generator). They get the same NF4 layer here; the output embeddings stay as transformers keeps them."""
+    import bitsandbytes as bnb
+
+    output_embeddings = model.get_output_embeddings()
+    missed = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear
+              and not isinstance(module, bnb.nn.Linear4bit) and module is not output_embeddings]
+    for name, module in missed:
+        quantized = bnb.nn.Linear4bit(
+            module.in_features, module.out_features, module.bias is not None, config.bnb_4bit_compute_dtype,
+            compress_statistics=config.bnb_4bit_use_double_quant, quant_type=config.bnb_4bit_quant_type,
+            quant_storage=config.bnb_4bit_quant_storage, device="meta",
+        )
+        quantized.weight = bnb.nn.Params4bit(
+            module.weight.data, requires_grad=False, compress_statistics=config.bnb_4bit_use_double_quant,
+            quant_type=config.bnb_4bit_quant_type, quant_storage=config.bnb_4bit_quant_storage, module=quantized,
+        ).to(module.weight.device)  # moving a Params4bit to a device quantises it
+        if module.bias is not None:
+            quantized.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
+        quantized.source_cls = type(module)  # as transformers marks the layers it swaps
+        model.set_submodule(name, quantized)
+    return len(missed)
+
+
 def load_tokenizer(model: str, gguf_file: str | None = None, padding_side: str = "left") -> "PreTrainedTokenizerBase":
     """Tokenizer with a pad token; left padding so a batch's completions all start at the same position."""
     from transformers import AutoTokenizer
@@ -109,6 +138,8 @@ def load_causal_lm(model: str, gguf_file: str | None = None, load_in_4bit: bool 
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     language_model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if load_in_4bit:
+        _quantize_linear_subclasses(language_model, kwargs["quantization_config"])
     if adapter:
         from peft import PeftModel
 

@@ -66,6 +66,31 @@ for _first, _second in ATTRIBUTE_PAIRS:
     _OPPOSITE.setdefault(_first, _second)
     _OPPOSITE.setdefault(_second, _first)
 
+# The kind of change (`prompts.KINDS_OF_CHANGE`) of each rule, and of an attribute swap by the attribute it writes.
+RULE_KINDS = {"colour": "colour", "add_colour": "colour", "object": "object_replacement", "count": "count"}
+_ATTRIBUTE_KINDS = {
+    "size": "big small large tiny tall short long round square",
+    "material_texture": "wooden metal plastic glass leather denim cotton woollen shiny matte striped plain old new "
+                        "modern vintage clean dirty wet dry",
+    "person_animal_attribute": "young elderly happy sad smiling frowning",
+    "pose_orientation": "open closed sitting standing running walking hot iced",
+    "background_scene": "sunny rainy summer winter day night calm stormy bright dark",
+    "add_object": "full",
+    "remove_object": "empty",
+}
+_KIND_OF_ATTRIBUTE = {word: kind for kind, words in _ATTRIBUTE_KINDS.items() for word in words.split()}
+
+
+def kind_of_change(rule: str, caption: str, modified_caption: str) -> str:
+    """The kind of change (one of `prompts.KINDS_OF_CHANGE`) of a triplet the `rule` (`TemplateGenerator.kinds`)
+    wrote: an attribute swap's kind is that of the attribute it wrote ("sunny" → "rainy": background_scene)."""
+    if rule != "attribute":
+        return RULE_KINDS[rule]
+    old_words = set(re.findall(r"[a-z]+", caption.lower()))
+    written = [word for word in re.findall(r"[a-z]+", modified_caption.lower())
+               if word in _KIND_OF_ATTRIBUTE and word not in old_words]
+    return _KIND_OF_ATTRIBUTE[written[0]] if written else "material_texture"
+
 _TOKEN = re.compile(r"[A-Za-z]+|[^A-Za-z]+")
 
 

@@ -1,6 +1,6 @@
 """The SCOT pipeline end to end on the embedded default, offline: `make demo` runs this.
 
-    python -m demo.run [--output_dir outputs/demo] [--llm_rows 4000] [--generator_steps 40]
+    python -m demo.run [--output_dir outputs/demo] [--llm_rows 3200] [--generator_steps 30]
 
 1. demo data: captioned images from Debian packages (Tux Paint stamps and their tints, Open Clip Art, Noto emoji);
 2. demo backbone: a `VisionTextDualEncoderModel`, frozen MiniLM text tower + a small vision tower trained here;
@@ -50,8 +50,8 @@ class DemoArguments:
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where every stage caches its output."})
     scot_model_dir: str = field(default="scot-demo", metadata={"help": "where the trained model lands"})
     triplets_dir: str = field(default="scot-triplets", metadata={"help": "where the triplets land"})
-    llm_rows: int = field(default=4000, metadata={"help": "captions the LLM writes triplets for"})
-    generator_steps: int = field(default=40, metadata={"help": "LoRA steps on the seed triplets"})
+    llm_rows: int = field(default=3200, metadata={"help": "captions the LLM writes triplets for"})
+    generator_steps: int = field(default=30, metadata={"help": "LoRA steps on the seed triplets"})
     scot_epochs: int = field(default=20, metadata={"help": "Epochs of the Combiner's training."})
 
 
@@ -137,12 +137,12 @@ def generator_adapter(output_dir: Path, generator_steps: int) -> Path:
     from data_gen.finetune import FinetuneArguments, finetune
 
     adapter = output_dir / "generator-lora"
-    key = f"steps={generator_steps}:kinds-v1"
+    key = f"steps={generator_steps}:lr=3e-4:kinds-v1"
     if not fresh_folder(adapter, key) or not (adapter / "adapter_config.json").exists():
         mark_fresh(adapter, key)  # first: a run killed while tuning leaves a folder the next run may empty
-        # full-precision LoRA: on a CPU, 4-bit weights are dequantised at every matmul (QLoRA is the GPU setting)
+        # finetune's default precision: QLoRA on a GPU, full-precision LoRA on a CPU (where 4-bit is emulated)
         finetune(FinetuneArguments(output_dir=str(adapter), max_steps=generator_steps, per_device_train_batch_size=8,
-                                   load_in_4bit=False, logging_steps=5, seed=0))
+                                   learning_rate=3e-4, logging_steps=5, seed=0))
     return adapter
 
 
@@ -162,7 +162,8 @@ def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows
     llm_inputs = generation_inputs(data_dir, output_dir, llm_rows)
     llm_stats = run_generation(GenerationArguments(
         output_dir=str(output_dir / "triplets-llm"), dataset=str(llm_inputs), model="smollm2", adapter=str(adapter),
-        engine="prefix_cache", batch_size=32, fallback="templates", shard_size=400, source_name="demo",
+        engine="prefix_cache", batch_size=32, max_new_tokens=40, fallback="templates", shard_size=400,
+        source_name="demo",
         source_license=SOURCE_LICENSE))
     return merge_triplet_datasets(
         [output_dir / "triplets-llm"], triplets_dir, repo_or_folder="scot-triplets", pretty_name="SCOT demo triplets",

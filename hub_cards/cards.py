@@ -419,7 +419,8 @@ def size_category(rows: int) -> str:
 def render_dataset_card(stats: dict, *, features: list[dict], repo_or_folder: str, num_bytes: int | None = None,
                         data_files: str = "data/train-*.parquet") -> DatasetCard:
     """The dataset card of a triplet dataset from its real statistics (the dict `data_gen` counts: `kept_rows`,
-    `generated_rows`, `input_rows`, `rejections`, `per_generator`, generation settings, `sources`, `license`).
+    `generated_rows`, `input_rows`, `rejections`, `per_generator`, `per_kind`, `per_generator_kind`, generation
+    settings, `sources`, `license`).
 
     The YAML `configs` entry points `load_dataset(folder)` (or the Hub repo) at the parquet shards `data_files`;
     `features` (`[{"name", "dtype"}]`) and the split size go in `dataset_info`."""

@@ -70,8 +70,8 @@ def test_malformed_model_output_is_counted_and_skipped():
     generator.prompt = lambda caption, *args: caption  # no tokenizer needed for a scripted engine
     rows = [CaptionRow(str(i), caption, i) for i, caption in enumerate(["a red car on a road", "a cat", "a dog"])]
     kept, rejections = generator.generate(rows)
-    assert [(row.id, modification, generator_name) for row, modification, _, generator_name in kept] == [
-        ("0", "make the car blue", "scripted")
+    assert [(triplet.row.id, triplet.modification, triplet.generator, triplet.kind) for triplet in kept] == [
+        ("0", "make the car blue", "scripted", None)
     ]
     assert rejections.as_dict() == {"unparseable": 2}
 
@@ -222,3 +222,52 @@ def test_scot_generate_console_script_says_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("scot-generate: error: The caption file ")
     assert "Traceback" not in result.stderr and "x.txt" in result.stderr
+
+
+def test_kinds_are_drawn_round_robin_over_a_seeded_shuffle():
+    from collections import Counter
+
+    from data_gen.generate import draw_kinds
+    from data_gen.prompts import KINDS_OF_CHANGE
+
+    kinds = draw_kinds(seed=0, start=0, count=10 * len(KINDS_OF_CHANGE) + 3)
+    counts = Counter(kinds)
+    assert set(counts) == set(KINDS_OF_CHANGE) and max(counts.values()) - min(counts.values()) <= 1
+    assert draw_kinds(0, 5, 7) == kinds[5:12]  # a shard's kinds depend on its rows' positions only
+    assert draw_kinds(1, 0, len(KINDS_OF_CHANGE)) != draw_kinds(0, 0, len(KINDS_OF_CHANGE))
+
+
+def test_generator_asks_each_row_for_its_kind_and_records_it():
+    prompts_seen = []
+
+    class EchoEngine:
+        def complete(self, prompts, seed=0):
+            prompts_seen.extend(prompts)
+            return ["Modification: make the car blue\nModified caption: a blue car on a road"] * len(prompts)
+
+    generator = TripletGenerator(EchoEngine(), tokenizer=None, generator_name="echo", kinds=True)
+    generator.prompt = lambda caption, step, modification, kind: f"{caption} | {kind}"
+    rows = [CaptionRow(str(i), "a red car on a road", i) for i in range(3)]
+    kept, _ = generator.generate(rows, kinds=["count", "size", "colour"])
+    assert prompts_seen == [f"a red car on a road | {kind}" for kind in ("count", "size", "colour")]
+    assert [triplet.kind for triplet in kept] == ["count", "size", "colour"]
+    with pytest.raises(ValueError, match="one kind per row"):
+        generator.generate(rows, kinds=["count"])
+
+
+def test_generated_rows_have_a_kind_column_and_the_card_counts_them(image_folder, tiny_llm, tmp_path):
+    from data_gen.prompts import KINDS_OF_CHANGE
+
+    triplets = _generate(image_folder, tmp_path / "out", "--model", tiny_llm, "--max_new_tokens", "8",
+                         "--batch_size", "8", "--fallback", "templates")
+    assert len(triplets) == 24 and set(triplets["kind"]) <= set(KINDS_OF_CHANGE)
+    card = open(tmp_path / "out" / "README.md").read()
+    assert "Kind of change:" in card  # the example prompt asks for a kind
+    assert "Triplets by kind of change and generator" in card
+    kind_rows = [line for line in card.splitlines() if line.startswith("| `") and line.endswith("% |")]
+    assert sum(int(line.split("|")[-3]) for line in kind_rows) == len(triplets)
+    # --kinds false: no kind asked for; the template rows still have the kind of their rule
+    plain = _generate(image_folder, tmp_path / "plain", "--model", tiny_llm, "--max_new_tokens", "8",
+                      "--batch_size", "8", "--fallback", "templates", "--kinds", "false")
+    assert all(kind is None for kind, name in zip(plain["kind"], plain["generator"]) if name != "templates")
+    assert all(kind in KINDS_OF_CHANGE for kind, name in zip(plain["kind"], plain["generator"]) if name == "templates")

@@ -182,3 +182,21 @@ def test_hub_cards_imports_nothing_heavy():
     code = ("import sys, hub_cards; heavy = {'torch', 'transformers', 'datasets'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_dataset_card_counts_triplets_by_generator_and_kind():
+    from hub_cards import render_dataset_card
+
+    stats = {
+        "kept_rows": 10, "generated_rows": 12, "input_rows": 12, "rejections": {"same_as_caption": 2},
+        "per_generator": {"smollm2": 6, "templates": 4}, "per_kind": {"colour": 5, "count": 3, "size": 2},
+        "per_generator_kind": {"smollm2": {"colour": 2, "count": 2, "size": 2},
+                               "templates": {"colour": 3, "count": 1}},
+        "generator": "smollm2", "adapter": None, "engine": "prefix_cache", "decoding": "greedy", "seed": 0,
+        "prompt_style": "one_step", "num_shots": 0, "kinds_asked": True, "fallback": "templates",
+        "example_prompt": "Caption: a red car", "images_embedded": True, "sources": [], "license": "other",
+    }
+    card = render_dataset_card(stats, features=[], repo_or_folder="scot-triplets").text
+    assert "| kind | `smollm2` | `templates` | all | share |" in card
+    assert "| `colour` | 2 | 3 | 5 | 50.0% |" in card and "| `size` | 2 | 0 | 2 | 20.0% |" in card
+    assert "each row's prompt asked for one kind" in card
