@@ -14,7 +14,7 @@ DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fon
 # The web demo's browser test drives Debian's Chromium through its WebDriver
 BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations clean
+.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations map-to-compose clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,12 @@ lint: $(STAMP)
 ablations: $(STAMP)
 	test -d outputs/demo/benchmark || $(MAKE) demo
 	$(BIN)/python -m demo.ablations
+
+# issue 15's Map-to-Compose on the outputs of `make demo`: both stages, the per-kind rows beside SCOT and the
+# baselines, the data-efficiency curve (outputs/demo/map-to-compose/); a second command, make demo is at its budget
+map-to-compose: $(STAMP)
+	test -d outputs/demo/benchmark || $(MAKE) demo
+	$(BIN)/python -m demo.map_to_compose
 
 test: $(STAMP) test-packages
 	$(BIN)/python -m pytest -q tests

@@ -9,6 +9,8 @@ encoding, the encoder fingerprint, atomic writes and model loading. It never imp
 from modeling_scot.processing_scot import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, to_rgb
 
 from .encoding import (
+    composer_image_batch_encoder,
+    encode_composer_image_features,
     encode_images,
     encode_in_chunks,
     encode_texts,
@@ -30,6 +32,8 @@ __all__ = [
     "atomic_save_file",
     "atomic_write_json",
     "atomic_write_text",
+    "composer_image_batch_encoder",
+    "encode_composer_image_features",
     "encode_images",
     "encode_in_chunks",
     "encode_texts",

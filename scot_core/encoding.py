@@ -147,6 +147,46 @@ def encode_images(model, processor, images: Sequence, batch_size: int = 64, num_
 
 
 @torch.inference_mode()
+def encode_composer_image_features(model, processor, images: Sequence, batch_size: int = 64, num_workers: int = 0,
+                                   show_progress: bool = True, description: str = "encoding images",
+                                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                                   feature_dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor],
+                                                                                         torch.Tensor]:
+    """(`{name: [N, ...] CPU tensor}` for every name of `model.composer_image_inputs`, `[N]` bool readable mask):
+    what the model's composer reads of `images`, from `get_composer_image_features` (one image pass each).
+    `image_embeds` is float32 as `encode_images` returns it; the other features (the pseudo-word composer's image
+    token states) are stored as `feature_dtype`, fp16 by default: they are many values per image (CLIP ViT-L/14:
+    257 x 1024), and the composer maps them through a LayerNorm'd projection that fp16's precision does not
+    disturb. Rows of unreadable images are zero."""
+    device, dtype = model_device_dtype(model)
+    features: dict[str, torch.Tensor] = {}
+    readable = torch.zeros(len(images), dtype=torch.bool)
+    loader = torch.utils.data.DataLoader(_DecodedImages(images, processor.image_processor, max_pixels),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_readable)
+
+    def store(positions: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        for name, values in batch.items():
+            if name not in features:  # shapes are known from the first batch
+                features[name] = torch.zeros(len(images), *values.shape[1:],
+                                             dtype=torch.float32 if name == "image_embeds" else feature_dtype)
+            features[name][positions] = values.to("cpu", features[name].dtype)
+
+    with eval_mode(model):
+        for positions, pixels in tqdm(loader, desc=description, unit="batch", disable=not show_progress):
+            if pixels is None:
+                continue
+            store(positions, model.get_composer_image_features(pixel_values=pixels.to(device=device, dtype=dtype)))
+            readable[positions] = True
+        if not features:  # nothing readable (or no image): a blank image gives the shapes of the zero rows
+            from PIL import Image
+
+            blank = processor.image_processor(images=[Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"]
+            shapes = model.get_composer_image_features(pixel_values=blank.to(device=device, dtype=dtype))
+            store(torch.zeros(0, dtype=torch.long), {name: value[:0] for name, value in shapes.items()})
+    return features, readable
+
+
+@torch.inference_mode()
 def encode_texts(model, processor, texts: Sequence[str], batch_size: int = 256, show_progress: bool = True,
                  description: str = "encoding texts", normalize: bool = True) -> torch.Tensor:
     """`[N, D]` float32 CPU embeddings of `texts` (`normalize=False`: before L2 normalisation)."""
@@ -170,6 +210,19 @@ def image_batch_encoder(model, processor, max_pixels: int | None = DEFAULT_MAX_P
         embeds, readable = encode_images(model, processor, values, batch_size=max(len(values), 1),
                                          show_progress=False, max_pixels=max_pixels)
         return {"embeds": embeds, "readable": readable}
+
+    return encode_image_batch
+
+
+def composer_image_batch_encoder(model, processor, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Callable:
+    """`encode_batch` for `encode_in_chunks` over images, for a composer that reads more than the pooled embedding:
+    `embeds [n, d]`, `readable [n]` and, per further name of `model.composer_image_inputs`, that feature (fp16; see
+    `encode_composer_image_features`). Zeros where unreadable."""
+
+    def encode_image_batch(values):
+        features, readable = encode_composer_image_features(model, processor, values, batch_size=max(len(values), 1),
+                                                            show_progress=False, max_pixels=max_pixels)
+        return {"embeds": features.pop("image_embeds"), "readable": readable, **features}
 
     return encode_image_batch
 

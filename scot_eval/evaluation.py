@@ -48,7 +48,8 @@ def evaluate_prepared(model, prepared_tasks: list[PreparedTask], method: str = "
     FashionIQ metrics are per category (`dress_R@10`, ...) plus `average_R@10` / `average_R@50`, the mean over
     categories as in the papers' tables; a test split gives submission files instead. The model is in eval mode for
     the call (no Combiner dropout) and restored afterwards. `processor` is needed only by a composer that reads the
-    modification's tokens rather than its cached embedding."""
+    modification's tokens rather than its cached embedding (the pseudo-word composer, which also reads the reference
+    images' token states that `prepare_task` encodes for it: `prepared.reference_features`)."""
     if not prepared_tasks:
         raise ValueError("evaluate_prepared needs at least one prepared task.")
     check_method(method)
@@ -62,7 +63,9 @@ def evaluate_prepared(model, prepared_tasks: list[PreparedTask], method: str = "
             queries = query_embeddings(model, prepared.reference_embeds, prepared.text_embeds, method,
                                        query_texts=prepared.query_texts, processor=processor,
                                        reference_norms=prepared.reference_norms, text_norms=prepared.text_norms,
-                                       reference_available=prepared.reference_available)
+                                       reference_available=prepared.reference_available,
+                                       reference_features=prepared.reference_features,
+                                       reference_feature_rows=prepared.reference_feature_rows)
             with torch.inference_mode():
                 scores = similarity_scores(queries, prepared.gallery_embeds, device)
             metric_values, submission = protocol.evaluate_task(prepared, scores)

@@ -27,26 +27,38 @@ def check_method(method: str) -> None:
 
 
 def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str] | None,
-                      processor, batch_size: int) -> torch.Tensor:
+                      processor, batch_size: int, reference_features: dict[str, torch.Tensor] | None = None,
+                      feature_rows: torch.Tensor | None = None) -> torch.Tensor:
     """`model.get_composed_features` in batches: from the cached text embeddings where the composer accepts them,
-    else from the modification's tokens (a composer that reads the text itself)."""
+    else from the modification's tokens (a composer that reads the text itself); with the reference images' other
+    composer inputs (`reference_features[name][feature_rows[i]]` for query i) where the composer reads more than
+    the pooled embedding."""
     if not model.composer_accepts_text_embeds and (texts is None or processor is None):
         raise ValueError(f"{type(model).__name__}'s composer reads the modification's tokens: pass the query texts "
                          "and the processor (evaluate_prepared(..., processor=processor)).")
+    missing = [name for name in model.composer_image_inputs
+               if name != "image_embeds" and name not in (reference_features or {})]
+    if missing:
+        raise ValueError(f"{type(model).__name__}'s composer also reads {missing} of each reference image: pass "
+                         "reference_features (prepare_task computes them for such a model).")
     device, dtype = model_device_dtype(model)
     batches = []
     with eval_mode(model):
         for start in range(0, len(image_embeds), batch_size):
             stop = start + batch_size
             images = image_embeds[start:stop].to(device=device, dtype=dtype)
+            rows = feature_rows[start:stop] if feature_rows is not None else slice(start, stop)
+            image_side = {name: reference_features[name][rows].to(device=device, dtype=dtype)
+                          for name in model.composer_image_inputs if name != "image_embeds"}
             if model.composer_accepts_text_embeds:
                 composed = model.get_composed_features(
-                    image_embeds=images, text_embeds=text_embeds[start:stop].to(device=device, dtype=dtype))
+                    image_embeds=images, text_embeds=text_embeds[start:stop].to(device=device, dtype=dtype),
+                    **image_side)
             else:
                 tokens = processor(text=list(texts[start:stop]), return_tensors="pt")
-                composed = model.get_composed_features(
-                    image_embeds=images, **{name: tensor.to(device) for name, tensor in tokens.items()
-                                            if name in ("input_ids", "attention_mask", "token_type_ids")})
+                text_side = {name: tensor.to(device) for name, tensor in tokens.items()
+                             if name in ("input_ids", "attention_mask", "token_type_ids")}
+                composed = model.get_composed_features(image_embeds=images, **image_side, **text_side)
             batches.append(composed.float().cpu())
     return torch.cat(batches) if batches else torch.zeros(0, image_embeds.shape[-1])
 
@@ -63,7 +75,9 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
                      batch_size: int = 1024, *, query_texts: Sequence[Sequence[str]] | None = None,
                      processor=None, reference_norms: torch.Tensor | None = None,
                      text_norms: torch.Tensor | None = None,
-                     reference_available: torch.Tensor | None = None) -> torch.Tensor:
+                     reference_available: torch.Tensor | None = None,
+                     reference_features: dict[str, torch.Tensor] | None = None,
+                     reference_feature_rows: torch.Tensor | None = None) -> torch.Tensor:
     """`[Q, D]` float32 query embeddings from `[Q, D]` reference image and `[Q, T, D]` text embeddings (normalised).
 
     With T > 1 (several phrasings of one query) the T normalised queries are averaged and normalised again.
@@ -71,7 +85,9 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
     (`model.composer_accepts_text_embeds` False). `raw_sum` needs `reference_norms` (`[Q]`) and `text_norms`
     (`[Q, T]`), the norms of the projected features the embeddings were normalised from. Queries whose
     `reference_available` is False (a test query whose reference image is missing) get the `text` query, whatever
-    the method: the best ranking there is without the image."""
+    the method: the best ranking there is without the image. A composer that reads more of the reference image than
+    its pooled embedding (`model.composer_image_inputs`: the pseudo-word composer's token states) takes it from
+    `reference_features` (`{name: [R, ...]}`), query i's at row `reference_feature_rows[i]` (default: row i)."""
     check_method(method)
     if text_embeds.ndim == 2:
         text_embeds = text_embeds[:, None]
@@ -87,7 +103,10 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
             queries[available] = query_embeddings(
                 model, reference_embeds[available], text_embeds[available], method, batch_size,
                 query_texts=_rows(query_texts, available), processor=processor,
-                reference_norms=_rows(reference_norms, available), text_norms=_rows(text_norms, available))
+                reference_norms=_rows(reference_norms, available), text_norms=_rows(text_norms, available),
+                reference_features=reference_features,
+                reference_feature_rows=(torch.arange(num_queries) if reference_feature_rows is None
+                                        else reference_feature_rows)[available])
         return queries
     if method == "image":
         return F.normalize(reference_embeds.float(), dim=-1)
@@ -108,7 +127,9 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
             if len(flat_texts) != num_queries * num_phrasings:
                 raise ValueError(f"query_texts must hold {num_phrasings} phrasing(s) for each of the {num_queries} "
                                  f"queries, like text_embeds; got {len(flat_texts)} texts.")
-        queries = _composed_queries(model, images, texts, flat_texts, processor, batch_size)
+        feature_rows = torch.arange(num_queries) if reference_feature_rows is None else reference_feature_rows
+        queries = _composed_queries(model, images, texts, flat_texts, processor, batch_size, reference_features,
+                                    feature_rows.repeat_interleave(num_phrasings))
     return F.normalize(queries.reshape(num_queries, num_phrasings, -1).sum(dim=1), dim=-1)
 
 

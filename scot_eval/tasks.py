@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 
-from scot_core import atomic_save_file, encode_images, encode_texts, encoder_fingerprint
+from scot_core import (
+    atomic_save_file,
+    encode_composer_image_features,
+    encode_images,
+    encode_texts,
+    encoder_fingerprint,
+)
 
 from .benchmarks import SKIP_REASONS, RetrievalTask, is_submission_split, skip_reason
 from .protocols import get_protocol
@@ -161,6 +167,11 @@ class PreparedTask:
     reference_norms: torch.Tensor | None = None
     text_norms: torch.Tensor | None = None
     reference_available: torch.Tensor | None = None  # None: every reference image is available
+    # what the composer reads of a reference image besides its pooled embedding (`model.composer_image_inputs`; the
+    # pseudo-word composer's token states): {name: [R, ...]} over the distinct references, query i's at row
+    # `reference_feature_rows[i]` (-1: no usable reference); None for the Combiner
+    reference_features: dict[str, torch.Tensor] | None = None
+    reference_feature_rows: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.counts is None:  # a task built by hand: nothing was skipped
@@ -219,6 +230,11 @@ def prepare_task(model, processor, task: RetrievalTask, fashioniq_captions: str 
         rows = [pool_position[kept[position].reference] for position in available]
         reference_embeds[available], reference_norms[available] = pool_embeds[rows], pool_norms[rows]
 
+    usable = set(available)
+    reference_features, reference_feature_rows = composer_reference_features(
+        model, processor, task, [query.reference if row in usable else None for row, query in enumerate(kept)],
+        batch_size, num_workers, show_progress)
+
     query_texts = [protocol.query_texts(query, fashioniq_captions) for query in kept]
     unique_texts = list(dict.fromkeys(text for texts in query_texts for text in texts))
     text_position = {text: position for position, text in enumerate(unique_texts)}
@@ -261,7 +277,29 @@ def prepare_task(model, processor, task: RetrievalTask, fashioniq_captions: str 
         fashioniq_captions=fashioniq_captions if protocol.caption_modes else None,
         reference_norms=reference_norms, text_norms=text_norms,
         reference_available=torch.tensor([query.reference in pool_position for query in kept]) if text_only else None,
+        reference_features=reference_features, reference_feature_rows=reference_feature_rows,
     )
 
 
-__all__ = ["PreparedTask", "cached_image_embeddings", "cached_text_embeddings", "default_cache_dir", "prepare_task"]
+def composer_reference_features(model, processor, task: RetrievalTask, references: list[str | None],
+                                batch_size: int = 64, num_workers: int = 0,
+                                show_progress: bool = True) -> tuple[dict[str, torch.Tensor] | None,
+                                                                     torch.Tensor | None]:
+    """(`{name: [R, ...]}`, `[Q]` rows) of what the model's composer reads of each query's reference image besides
+    the pooled embedding (`model.composer_image_inputs`), encoded once per distinct reference (`references[i]` is
+    query i's, None when it has no usable image: row -1); (None, None) for a composer that reads only the pooled
+    embedding. Not cached on disk: only the references are encoded (not the gallery), and token states are large."""
+    extra = [name for name in model.composer_image_inputs if name != "image_embeds"]
+    if not extra:
+        return None, None
+    distinct = list(dict.fromkeys(name for name in references if name is not None))
+    row_of = {name: row for row, name in enumerate(distinct)}
+    features, _ = encode_composer_image_features(model, processor, [task.image_paths[name] for name in distinct],
+                                                 batch_size, num_workers, show_progress,
+                                                 f"{task.benchmark} {task.split} {task.name} reference image tokens")
+    rows = torch.tensor([row_of.get(name, -1) if name is not None else -1 for name in references], dtype=torch.long)
+    return {name: features[name] for name in extra}, rows
+
+
+__all__ = ["PreparedTask", "cached_image_embeddings", "cached_text_embeddings", "composer_reference_features",
+           "default_cache_dir", "prepare_task"]

@@ -144,14 +144,16 @@ class GallerySearcher:
         with eval_mode(self.model):
             if image is not None:
                 pixels = self.processor(images=[load_query_image(image)], return_tensors="pt")["pixel_values"]
-                image_embeds = self.model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype))
+                # everything the composer reads of the reference (the pseudo-word composer: its token states too)
+                image_side = self.model.get_composer_image_features(pixel_values=pixels.to(device=device, dtype=dtype))
+                image_embeds = image_side["image_embeds"]
             if text is not None:
                 tokens = self.processor(text=[text.strip()], return_tensors="pt").to(device)
                 text_inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
                                "token_type_ids": tokens.get("token_type_ids")}
             if image is not None and text is not None:
                 # the model's one entry point for a composed query: the composer decides what it reads of the text
-                query_embeds, weight = self.model.get_composed_features(image_embeds=image_embeds, **text_inputs,
+                query_embeds, weight = self.model.get_composed_features(**image_side, **text_inputs,
                                                                         return_text_weight=True)
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
             elif image is not None:

@@ -7,7 +7,9 @@ each distinct string is encoded once, stored as safetensors, and training reads 
 Layout of one cache entry (`{cache_dir}/{key}/`), where `key` hashes the encoder's weights, the processor and the
 dataset's fingerprint and column names:
 
-    images-00000.safetensors ...   `embeds [n, d]` and `readable [n]` for a chunk of distinct images
+    images-00000.safetensors ...   `embeds [n, d]` and `readable [n]` for a chunk of distinct images, plus, for a
+                                   composer that reads more of the image (`model.composer_image_inputs`: the
+                                   pseudo-word composer's `image_token_embeds`), those features in fp16
     texts-00000.safetensors ...    `embeds [n, d]` for a chunk of distinct strings
     rows.safetensors               per kept row: index of its image / modification / modified caption / caption
     manifest.json                  written last: counts, skipped rows by reason, embed_dim; its presence = complete
@@ -17,6 +19,10 @@ empty ("empty_text") or its image cannot be decoded ("unreadable_image"); a row 
 first of these that applies.
 
 Chunks are written atomically and skipped when present, so an interrupted encoding resumes where it stopped.
+
+Size of the extra image features: the demo backbone's 2 x 2 x 256 ConvNeXt map is 2 KB per image in fp16; CLIP
+ViT-L/14's 257 x 1024 token states are 0.5 MB per image (50 GB for 100k distinct images): the whole cache is loaded
+into memory, so at that scale train on a subset or without the cache.
 """
 
 import hashlib
@@ -32,6 +38,7 @@ from safetensors.torch import load_file
 from scot_core import (
     atomic_save_file,
     atomic_write_json,
+    composer_image_batch_encoder,
     encode_in_chunks,
     encoder_fingerprint,
     eval_mode,
@@ -102,16 +109,29 @@ def cache_key(model, processor, dataset, columns: TripletColumns) -> str:
     digest.update(encoder_fingerprint(model, processor).encode())
     digest.update(str(getattr(dataset, "_fingerprint", None) or len(dataset)).encode())
     digest.update(json.dumps(asdict(columns)).encode())
+    extra_features = extra_image_features(model)
+    if extra_features:  # a Combiner's key stays what it was; a composer reading more of the image gets its own entry
+        digest.update(json.dumps(extra_features).encode())
     return digest.hexdigest()[:20]
+
+
+def extra_image_features(model) -> list[str]:
+    """What the model's composer reads of a reference image besides its pooled embedding (`composer_image_inputs`):
+    cached with the images. Empty for the Combiner."""
+    return [name for name in getattr(model, "composer_image_inputs", ("image_embeds",)) if name != "image_embeds"]
 
 
 class EmbeddingCache:
     """Cached embeddings of a triplet dataset: one vector per distinct image and string, and per kept row the indices
-    of its image, modification, modified caption and caption."""
+    of its image, modification, modified caption and caption. `image_features` holds, per distinct image, what the
+    composer reads besides the pooled embedding (`{"image_token_embeds": [images, ...]}` fp16 for the pseudo-word
+    composer; empty for the Combiner)."""
 
-    def __init__(self, folder: Path, image_embeds, text_embeds, row_indices: dict[str, torch.Tensor], manifest: dict):
+    def __init__(self, folder: Path, image_embeds, text_embeds, row_indices: dict[str, torch.Tensor], manifest: dict,
+                 image_features: dict[str, torch.Tensor] | None = None):
         self.folder = folder
         self.image_embeds = image_embeds
+        self.image_features = image_features or {}
         self.text_embeds = text_embeds
         self.row_indices = row_indices
         self.manifest = manifest
@@ -132,12 +152,16 @@ class EmbeddingCache:
     def load(cls, folder: Path) -> "EmbeddingCache":
         manifest = read_json(folder / "manifest.json", "embedding cache manifest")
 
-        def embeds(chunks: list[str]) -> torch.Tensor:  # no chunks: a dataset whose every row was skipped
-            parts = [load_file(str(folder / name))["embeds"] for name in chunks]
-            return torch.cat(parts) if parts else torch.zeros(0, manifest["embed_dim"])
+        def embeds(chunks: list[str], key: str = "embeds") -> torch.Tensor:
+            parts = [load_file(str(folder / name))[key] for name in chunks]
+            if parts:
+                return torch.cat(parts)
+            return torch.zeros(0, manifest["embed_dim"])  # no chunks: a dataset whose every row was skipped
 
+        image_features = {name: embeds(manifest["image_chunks"], name)
+                          for name in manifest.get("image_features", []) if manifest["image_chunks"]}
         return cls(folder, embeds(manifest["image_chunks"]), embeds(manifest["text_chunks"]),
-                   load_file(str(folder / "rows.safetensors")), manifest)
+                   load_file(str(folder / "rows.safetensors")), manifest, image_features)
 
     @classmethod
     def build_or_load(
@@ -168,7 +192,7 @@ def _distinct_texts(dataset, columns: TripletColumns) -> tuple[list[str], dict[s
     text_index: dict[str, int] = {}
     row_text_indices: dict[str, list[int]] = {name: [] for name in columns.text_columns}
     row_has_text = [True] * len(dataset)
-    for name in columns.text_columns:
+    for name in dict.fromkeys(columns.text_columns):  # a column named twice (stage 1's caption) is read once
         for row, text in enumerate(dataset[name]):
             if not has_text(text):
                 row_has_text[row] = False
@@ -200,9 +224,11 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
     texts, row_text_indices, row_has_text = _distinct_texts(dataset, columns)
     distinct_images, row_image_indices = _distinct_images(dataset, columns)
 
+    extra_features = extra_image_features(model)
+    encode_image_batch = (composer_image_batch_encoder if extra_features else image_batch_encoder)(model, processor)
     with eval_mode(model):
-        image_chunks = encode_in_chunks("images", distinct_images, image_batch_encoder(model, processor), folder,
-                                        batch_size, chunk_size, show_progress)
+        image_chunks = encode_in_chunks("images", distinct_images, encode_image_batch, folder, batch_size, chunk_size,
+                                        show_progress)
         text_chunks = encode_in_chunks("texts", texts, text_batch_encoder(model, processor), folder, batch_size,
                                        chunk_size, show_progress)
 
@@ -230,6 +256,7 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
         "num_rows": int(keep.sum()),
         "num_distinct_images": len(distinct_images),
         "num_distinct_texts": len(texts),
+        "image_features": extra_features,
         "skipped": skipped,
         "image_chunks": image_chunks,
         "text_chunks": text_chunks,

@@ -1,9 +1,13 @@
-"""Train SCOT's Combiner on a triplet dataset.
+"""Train SCOT's Combiner on a triplet dataset, or either stage of a Map-to-Compose (pseudo-word) model.
 
     scot-train configs/scot_blip2.yaml                                   # a YAML or JSON config file
     accelerate launch -m trainers.train configs/scot_blip2.yaml          # one or many GPUs (or trainers/train.py)
     scot-train CONFIG --resume_from_checkpoint OUT/checkpoint-500        # a config file, then flags that override it
     scot-train --model_name_or_path FOLDER --dataset_name DATA --output_dir OUT [...]
+    # Map-to-Compose (trainers/pseudo_word.py): stage 1 on image-caption pairs, then stage 2 on the triplets
+    scot-train --model_name_or_path BACKBONE --composer pseudo_word --composer_stage mapping --dataset_name PAIRS \
+        --output_dir OUT1
+    scot-train --model_name_or_path OUT1 --composer_stage composing --dataset_name TRIPLETS --output_dir OUT2
 
 The script imports the installed package (`pip install -e ".[train]"`) and never edits `sys.path`; `-m trainers.train`
 is the form to prefer under `accelerate launch` (run by its path, Python puts `trainers/` itself first on the path).
@@ -36,6 +40,14 @@ from transformers.trainer_utils import TrainOutput
 from scot_core import load_scot_or_backbone
 from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
+from trainers.pseudo_word import (
+    CachedComposingDataset,
+    ImageCaptionPairs,
+    ModificationCollator,
+    PseudoWordComposingTrainer,
+    PseudoWordMappingTrainer,
+    mapping_columns,
+)
 from trainers.trainer import RawTripletCollator, ScotTrainer, select_trainable_rows
 from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
@@ -217,10 +229,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
                              modification=data_args.modification_column,
                              modified_caption=data_args.modified_caption_column)
     train_rows, eval_rows = load_triplets(training_args.dataset_name, data_args, training_args.seed)
-    columns.check(train_rows)
     train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
     eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
                  else f"The held-out part of {training_args.dataset_name}")
+    if _check_composer_stage(model, training_args.composer_stage) is not None:
+        return _build_pseudo_word_trainer(model, processor, (train_rows, train_name), (eval_rows, eval_name), columns,
+                                          data_args, training_args, callbacks)
+    columns.check(train_rows)
 
     if data_args.use_embedding_cache:
         if not model.config.freeze_encoder:
@@ -251,6 +266,70 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
     return ScotTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                        data_collator=data_collator, processing_class=processor, callbacks=callbacks)
+
+
+def _check_composer_stage(model, stage: str | None) -> str | None:
+    """`stage`, after checking that it suits the model: unset for a Combiner, required for a pseudo-word model."""
+    if model.config.composer == "combiner":
+        if stage is not None:
+            raise ValueError(f"composer_stage {stage!r} is for a pseudo-word model (composer pseudo_word); this model "
+                             "composes with the Combiner: leave composer_stage unset.")
+        return None
+    if stage is None:
+        raise ValueError("A pseudo-word model (Map-to-Compose) trains in two stages: set composer_stage 'mapping' "
+                         "(stage 1, on image-caption pairs) or 'composing' (stage 2, on triplets, from the stage-1 "
+                         "model).")
+    if stage == "mapping" and model.config.pseudo_word_lora_state == "active":
+        raise ValueError("composer_stage 'mapping' trains the mapping network of a model without active LoRA "
+                         "adapters; this one is a stage-2 checkpoint: resume its composing stage instead.")
+    return stage
+
+
+def _build_pseudo_word_trainer(model, processor, train: tuple, held_out: tuple, columns: TripletColumns,
+                               data_args: DataArguments, training_args: ScotTrainingArguments,
+                               callbacks) -> ScotTrainer:
+    """The trainer of one Map-to-Compose stage (`trainers.pseudo_word`) on the embedding cache; `train` and
+    `held_out` are (rows or None, their name for messages)."""
+    (train_rows, train_name), (eval_rows, eval_name) = train, held_out
+    stage = training_args.composer_stage
+    if not data_args.use_embedding_cache:
+        raise ValueError(f"composer_stage {stage!r} trains on the embedding cache (the image side is frozen and "
+                         "cached): set use_embedding_cache true.")
+    if not model.config.freeze_encoder:
+        raise ValueError("A pseudo-word model's stages train with the encoder frozen (stage 2 adds LoRA adapters "
+                         "to it): set freeze_encoder true.")
+    if stage == "mapping" and (data_args.target != "text" or training_args.retrieved_image_weight > 0):
+        raise ValueError("target and retrieved_image_weight choose stage 2's supervision; composer_stage 'mapping' "
+                         "aligns the pseudo words with the image and its caption.")
+    stage_columns = mapping_columns(columns) if stage == "mapping" else columns
+    stage_columns.check(train_rows)
+    # the caches hold the frozen encoder's outputs: encoded before stage 2's adapters exist (their random init is no
+    # part of the cache key, so every seed and every resume reuses one entry)
+    with training_args.main_process_first(desc="embedding cache"):
+        train_cache = _cached_rows(model, processor, train_rows, stage_columns, data_args, train_name)
+        eval_cache = (_cached_rows(model, processor, eval_rows, stage_columns, data_args, eval_name)
+                      if eval_rows is not None else None)
+    if stage == "mapping":
+        train_dataset = ImageCaptionPairs(train_cache)
+        eval_dataset = ImageCaptionPairs(eval_cache) if eval_cache is not None else None
+        return PseudoWordMappingTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                                        eval_dataset=eval_dataset, processing_class=processor, callbacks=callbacks)
+    if model.config.pseudo_word_lora_state != "active":
+        # LoRA's A starts random: seeded here, so its start does not depend on whether the cache was just encoded
+        # (every DataLoader draws from the global RNG) or read back
+        set_seed(training_args.seed)
+        model.add_composer_adapters()
+        model.to(training_args.device)  # the new adapter weights are created on the CPU
+    train_dataset = CachedComposingDataset.from_cache(
+        train_cache, train_rows, columns.modification, target=data_args.target,
+        with_probes=training_args.retrieved_image_weight > 0)
+    eval_dataset = (CachedComposingDataset.from_cache(eval_cache, eval_rows, columns.modification,
+                                                      target=data_args.target, target_gallery=train_cache,
+                                                      with_probes=True)
+                    if eval_cache is not None else None)
+    return PseudoWordComposingTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                                      eval_dataset=eval_dataset, data_collator=ModificationCollator(processor),
+                                      processing_class=processor, callbacks=callbacks)
 
 
 # -- after training -------------------------------------------------------------------------------------------------
@@ -289,6 +368,11 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     that evaluation, and write the loss curve. Returns `{"train": metrics, "eval": metrics}` (eval empty without a
     held-out set)."""
     output_dir = trainer.args.output_dir
+    # Map-to-Compose's stage 2: fold the LoRA adapters into the text encoder, so the saved model needs no peft (the
+    # checkpoints kept them, to resume); a no-op for a Combiner or stage 1
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_composer_adapters()
+    if merged:
+        logger.info("merged the LoRA adapters of %d layers into the text encoder", merged)
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
     train_metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}  # the examples' convention
     trainer.log_metrics("train", train_metrics)

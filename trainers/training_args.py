@@ -17,7 +17,11 @@ from transformers import TrainingArguments
 
 from modeling_scot import ScotConfig
 
-__all__ = ["DataArguments", "ModelArguments", "ScotTrainingArguments"]
+__all__ = ["COMPOSER_STAGES", "DataArguments", "ModelArguments", "ScotTrainingArguments"]
+
+# The stages of a pseudo-word (Map-to-Compose) model's training, `ScotTrainingArguments.composer_stage`: see
+# trainers/pseudo_word.py
+COMPOSER_STAGES = ("mapping", "composing")
 
 # ScotConfig fields a training run does not choose: the encoder's config comes from `model_name_or_path`.
 _NOT_RUN_SETTINGS = ("encoder_config",)
@@ -118,6 +122,11 @@ class ScotTrainingArguments(TrainingArguments):
         "help": "Also evaluate on this CIR benchmark at every evaluation: fashioniq | cirr | circo."})
     cir_data_dir: str | None = field(default=None, metadata={"help": "The benchmark's folder (official layout)."})
     cir_split: str = field(default="val", metadata={"help": "The benchmark split evaluated during training."})
+    composer_stage: str | None = field(default=None, metadata={
+        "help": "For a pseudo-word model (composer pseudo_word, Map-to-Compose; trainers/pseudo_word.py): 'mapping' "
+                "(stage 1: the mapping network on the dataset's (image, caption) pairs) or 'composing' (stage 2: "
+                "LoRA adapters in the text encoder on the triplets, merged before the final save; start it from the "
+                "stage-1 model). Must stay unset for a Combiner."})
     retrieved_image_weight: float = field(default=0.0, metadata={
         "help": "Target mixing: the loss is (1 - w) * loss(composed, target) + w * loss(composed, retrieved image), "
                 "the retrieved image being the training image nearest to the modified caption, the reference "
@@ -127,6 +136,9 @@ class ScotTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.composer_stage is not None and self.composer_stage not in COMPOSER_STAGES:
+            raise ValueError(f"composer_stage must be one of {COMPOSER_STAGES} (or unset for a Combiner), got "
+                             f"{self.composer_stage!r}.")
         if not 0.0 <= self.retrieved_image_weight <= 1.0:
             raise ValueError(f"retrieved_image_weight must be in [0, 1], got {self.retrieved_image_weight}.")
         if self.cir_benchmark is None:
