@@ -286,9 +286,10 @@ Percentages; "average" weighs every kind the same.
 What the training data teaches: the demo backbone sees tinted stamps captioned with their colour, so colour is
 grounded; the triplets change captions, never these images: {triplet_stats['kept_rows']} of them, by generator
 {triplet_stats['per_generator']}, by kind of change {triplet_stats.get('per_kind', {})} (the LLM is asked for a kind
-drawn evenly per row; the templates write colour, object and count swaps where its answer was rejected). None of them
-is aimed at the benchmark's kinds: counting, added objects, backgrounds and orientation are a transfer test, and the
-benchmark's stamps are in none of the training data.
+drawn evenly per row from the generation issue's general list of eleven kinds, which includes count, adding an
+object, background and pose; the templates write colour, object and count swaps where its answer was rejected).
+Nothing in them was written for the benchmark, whose stamps are in none of the training data: every kind but colour
+(which the backbone's tinted stamps ground) is a transfer test.
 
 R@1 per kind:
 
