@@ -181,8 +181,10 @@ def format_report(results: dict) -> str:
         averages = [sum(run["benchmark"][kind]["R@1"] for kind in kinds) / len(kinds) for run in runs]
         lines.append(f"| {name} ({_setting(results['selected'][name])}) | " + " | ".join(cells)
                      + f" | {_mean_std(averages)} |")
-    lines += ["", "The search (seed 0): validation composed → target R@1 (the selection metric) and the benchmark's "
-              "average R@1 (not used to select):", "", "| variant | setting | validation R@1 | benchmark avg R@1 |",
+    selection = SELECTION_METRIC.removeprefix("eval_")
+    lines += ["", f"The search (seed 0): validation {selection} (the selection metric) and the benchmark's average "
+              "R@1 (not used to select):", "",
+              "| variant | setting | validation R@1 | benchmark avg R@1 |",
               "| --- | --- | ---: | ---: |"]
     for name, searched in results["search"].items():
         for entry in searched:
