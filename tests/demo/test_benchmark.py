@@ -51,4 +51,5 @@ def test_metrics_table_lists_every_method():
     table = metrics_table({"image": {"R@1": 1.0, "R@5": 2.0}, "scot": {"R@1": 3.25, "R@5": 4.0}})
     lines = table.splitlines()
     assert lines[0] == "| method | R@1 | R@5 |" and len(lines) == 4
-    assert "| SCOT (Combiner, SCOT loss, text + retrieved-image targets) | 3.2 | 4.0 |" in table  # one decimal, as the papers' tables
+    # one decimal, as the papers' tables
+    assert "| SCOT (Combiner, SCOT loss, text + retrieved-image targets) | 3.2 | 4.0 |" in table
