@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, TrainerCallback
+from transformers import AutoModel
 
 from modeling_scot import ScotModel, ScotProcessor
 from tests.tiny_backbones import save_tiny_clip, save_tiny_dual_encoder
-from tests.trainers.triplet_fixtures import draw, save_triplet_dataset
+from tests.trainers.triplet_fixtures import StopAt, draw, save_triplet_dataset
 from trainers.embedding_cache import EmbeddingCache
 from trainers.pseudo_word import ImageCaptionPairs, PseudoWordComposingTrainer, PseudoWordMappingTrainer
 from trainers.train import build_trainer, main
@@ -94,16 +94,6 @@ def _arguments(workspace, folder, output_dir, cache_dir, stage, **training):
     return model_args, data_args, training_args
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_save = True
-            control.should_training_stop = True
-
-
 @pytest.fixture(scope="module")
 def stage_1_model(workspace, tmp_path_factory):
     """A short stage-1 run on the tiny dual encoder (the demo's kind of backbone): stage 2's starting point."""
@@ -126,7 +116,7 @@ def test_resume_mid_stage_continues_exactly(workspace, stage_1_model, tmp_path, 
     assert type(straight) is trainer_class
     straight.train()
     interrupted = build_trainer(*_arguments(workspace, folder, tmp_path / "resumed", tmp_path / "cache", stage),
-                                callbacks=[_StopAt(4)])
+                                callbacks=[StopAt(4)])
     interrupted.train()
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
     resumed = build_trainer(*_arguments(workspace, folder, tmp_path / "resumed", tmp_path / "cache", stage))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoProcessor, TrainerCallback
+from transformers import AutoModel, AutoProcessor
 
 from modeling_scot import ScotModel, ScotProcessor
 from tests.tiny_backbones import save_tiny_clip
-from tests.trainers.triplet_fixtures import draw, save_triplet_dataset, triplet_rows
+from tests.trainers.triplet_fixtures import StopAt, draw, save_triplet_dataset, triplet_rows
 from trainers.embedding_cache import EmbeddingCache, TripletColumns
 from trainers.train import build_trainer, main, parse_args
 from trainers.trainer import ScotTrainer
@@ -83,16 +83,6 @@ def test_accelerate_launch_with_a_config_file(workspace, tmp_path):
     assert model(**inputs).composed_embeds.shape == (1, model.config.embed_dim)
 
 
-class _StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_save = True
-            control.should_training_stop = True
-
-
 def _arguments(workspace, output_dir, cache_dir, **training):
     model_args = ModelArguments(model_name_or_path=str(workspace["clip"]))
     data_args = DataArguments(eval_fraction=0.0, embedding_cache_dir=str(cache_dir))
@@ -109,7 +99,7 @@ def test_resume_continues_exactly(workspace, tmp_path):
     straight.train()
 
     interrupted = build_trainer(*_arguments(workspace, tmp_path / "resumed", tmp_path / "cache"),
-                                callbacks=[_StopAt(8)])
+                                callbacks=[StopAt(8)])
     interrupted.train()
     assert interrupted.state.global_step == 8 and (tmp_path / "resumed" / "checkpoint-8").is_dir()
 

@@ -1,8 +1,10 @@
-"""A small triplet dataset (coloured shapes) written as parquet, the way `load_dataset(folder)` reads it."""
+"""A small triplet dataset (coloured shapes) written as parquet, the way `load_dataset(folder)` reads it, and a
+callback that interrupts a run (the resume tests)."""
 
 import itertools
 
 from PIL import Image, ImageDraw
+from transformers import TrainerCallback
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (235, 210, 40)}
 SHAPES = ("square", "circle", "triangle", "bar")
@@ -49,3 +51,15 @@ def save_triplet_dataset(folder, rows=None):
     folder.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(folder / "train.parquet"))
     return folder
+
+
+class StopAt(TrainerCallback):
+    """Save a checkpoint and stop at global step `step`, as a killed run would have left it."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
