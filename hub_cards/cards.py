@@ -42,6 +42,14 @@ BENCHMARK_NAMES = {"fashioniq": "FashionIQ", "cirr": "CIRR", "circo": "CIRCO"}
 # own (the demo's colour benchmark is scored with the CIRR protocol), and the comparison table's row label
 CARD_LABELS = ("dataset_name", "dataset_type", "label")
 _PROXY_KEY = re.compile(r"^eval_R@\d+$")  # ScotTrainer's held-out composed -> modified-caption recall
+# Where the pseudo-word composer is described, relative to the package's repository (no public URL is recorded yet)
+MAP_TO_COMPOSE_DOCS = "docs/map_to_compose.md"
+# what the card says of stage 2's LoRA, by `ScotConfig.pseudo_word_lora_state`
+LORA_SUMMARIES = {
+    "merged": "LoRA merged into the text encoder",
+    "active": "LoRA adapters still active in the text encoder (a training checkpoint: loading it needs peft)",
+    "none": "no LoRA yet: the text encoder is the backbone's (stage 1 only)",
+}
 METHOD_LABELS = {
     "scot": "SCOT (this model)",
     "image": "Image only",
@@ -269,7 +277,51 @@ def _encoder_facts(config: dict) -> tuple[dict, int | None]:
     return facts, embed_dim
 
 
+def _composer_facts(config: dict) -> dict:
+    """What the card says of the composer (`ScotConfig.composer`): SCOT's Combiner with its sizes, or the pseudo-word
+    composer (Map-to-Compose) with K, its prompts, the mapping network and where stage 2's LoRA is."""
+    if config.get("composer", "combiner") != "pseudo_word":
+        return {"kind": "combiner", "name": "Combiner", "projection_dim": config.get("combiner_projection_dim"),
+                "hidden_dim": config.get("combiner_hidden_dim"), "dropout": config.get("combiner_dropout")}
+    depth = config.get("pseudo_word_mapping_depth")
+    mapping = ("an MLP on the pooled image embedding (depth 0)" if depth == 0 else
+               f"{depth} visual-semantic-injection block{'s' if depth != 1 else ''} (cross-attention over the pooled "
+               f"embedding and the image token states), {config.get('pseudo_word_mapping_heads')} heads")
+    targets = config.get("pseudo_word_lora_target_modules")
+    lora_state = config.get("pseudo_word_lora_state", "none")
+    return {
+        "kind": "pseudo_word",
+        "name": "pseudo-word composer",
+        "num_pseudo_tokens": config.get("num_pseudo_tokens"),
+        "prompt": config.get("pseudo_word_prompt"),
+        "image_prompt": config.get("pseudo_word_image_prompt"),
+        "mapping": f"{mapping}, dropout {config.get('pseudo_word_mapping_dropout')}",
+        "lora": {"state": lora_state, "summary": LORA_SUMMARIES[lora_state],
+                 "rank": config.get("pseudo_word_lora_rank"), "alpha": config.get("pseudo_word_lora_alpha"),
+                 "target_modules": [targets] if isinstance(targets, str) else targets},
+        "docs": MAP_TO_COMPOSE_DOCS,
+    }
+
+
+def _encoder_state(config: dict, composer: dict) -> str:
+    """How the card describes what training did to the encoder."""
+    if composer["kind"] == "pseudo_word" and composer["lora"]["state"] != "none":
+        return "image side frozen, text side tuned by stage 2's LoRA (below)"
+    if config.get("freeze_encoder", True):
+        return "frozen"
+    return f"trained with the {composer['name']}"
+
+
 def _loss_description(config: dict) -> str:
+    if config.get("composer", "combiner") == "pseudo_word":
+        mapping = (f"stage 1 (mapping network): symmetric InfoNCE between the image prompt and the image (τ = "
+                   f"{config.get('pseudo_word_temperature')}) + {config.get('soft_alignment_weight')} × the soft text "
+                   f"alignment KL over the batch's captions (τ_s = {config.get('soft_alignment_temperature')})")
+        if config.get("pseudo_word_lora_state", "none") == "none":
+            return mapping + "; stage 2 (composing) has not run"
+        return (mapping + "; stage 2 (LoRA on the text encoder): contrastive loss of the composed prompt against "
+                "the frozen modified-caption embeddings, the reference's original caption as a hard negative (τ = "
+                f"{config.get('composing_temperature')})")
     if config.get("loss_type", "scot") == "infonce":
         return (f"InfoNCE as in CLIP4Cir (cross-entropy over cosine similarities divided by the temperature "
                 f"{config.get('infonce_temperature')}), the comparison option of this package")
@@ -304,7 +356,7 @@ def render_model_card(config, *, model_name: str, repo_id: str | None = None,
             model-index; when baselines of the same benchmark are there too, a comparison table lists every method.
         eval_results: model-index entries already known (from an existing card); `evaluations` replace the same ones.
         training: `training_summary(...)`; None says no training record exists.
-        dataset: `{"name", "train_rows", "eval_rows"}` of the triplet data the Combiner was trained on.
+        dataset: `{"name", "train_rows", "eval_rows"}` of the data the composer was trained on.
         license / base_model: default to the encoder's: its Hub id when `_name_or_path` is one, and the license in a
             local encoder folder's card.
         description / limitations: extra markdown paragraph after the introduction, extra limitation bullets.
@@ -314,6 +366,8 @@ def render_model_card(config, *, model_name: str, repo_id: str | None = None,
     measured = [result for evaluation in evaluations for result in eval_results_from_evaluation(evaluation)]
     results = merge_eval_results(eval_results, measured)
     encoder, embed_dim = _encoder_facts(config)
+    composer = _composer_facts(config)
+    encoder["state"] = _encoder_state(config, composer)
     base_model = base_model or hub_id_or_none(encoder["name_or_path"])
     license = license or _license_of_local_model(encoder["name_or_path"])
     if dataset is not None:
@@ -326,7 +380,8 @@ def render_model_card(config, *, model_name: str, repo_id: str | None = None,
         library_name="transformers",
         license=license,
         pipeline_tag=PIPELINE_TAG,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, encoder["model_type"], *(tags or [])])),
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, encoder["model_type"],
+                                 *(["map-to-compose"] if composer["kind"] == "pseudo_word" else []), *(tags or [])])),
         eval_results=results or None,  # no measurement, no model-index
     )
     return ModelCard.from_template(
@@ -336,8 +391,7 @@ def render_model_card(config, *, model_name: str, repo_id: str | None = None,
         repo_id=repo_id or model_name,
         encoder=encoder,
         embed_dim=embed_dim,
-        combiner={"projection_dim": config.get("combiner_projection_dim"),
-                  "hidden_dim": config.get("combiner_hidden_dim"), "dropout": config.get("combiner_dropout")},
+        composer=composer,
         loss=_loss_description(config),
         training=training,
         dataset=dataset,

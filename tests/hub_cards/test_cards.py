@@ -14,6 +14,7 @@ from PIL import Image
 from hub_cards import (
     eval_results_from_evaluation,
     merge_eval_results,
+    model_card_from_folder,
     render_model_card,
     update_model_card,
 )
@@ -122,11 +123,58 @@ def test_a_card_without_metrics_has_no_model_index_and_says_so(fresh_scot_folder
     assert "No training record was found" in card.text and "1000 triplets" in card.text
 
 
-def test_the_usage_code_in_the_card_runs(scot_folder, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def pseudo_word_folder(tmp_path_factory, backbone_folders) -> Path:
+    """A saved pseudo-word (Map-to-Compose) model on the tiny CLIP, K = 3, as stage 2 leaves it: LoRA merged."""
+    from modeling_scot import ScotModel, ScotProcessor
+
+    folder = tmp_path_factory.mktemp("pseudo_word_card") / "m2c-tiny-clip"
+    model = ScotModel.from_backbone(backbone_folders["clip"], composer="pseudo_word", num_pseudo_tokens=3)
+    model.add_composer_adapters(rank=4)
+    model.merge_composer_adapters()
+    model.save_pretrained(folder)
+    ScotProcessor.from_backbone(backbone_folders["clip"]).save_pretrained(folder)
+    return folder
+
+
+def test_a_pseudo_word_card_names_the_composer_and_its_settings(pseudo_word_folder):
+    card = model_card_from_folder(pseudo_word_folder)
+    text = card.text
+    assert ("Composer: Map-to-Compose reading ([docs/map_to_compose.md](docs/map_to_compose.md) in the package's "
+            "repository): image → K = 3 pseudo-word tokens in the text encoder's input embedding space, prompt "
+            "template `a photo of $ that {modification}`") in text
+    assert "stage 1's image prompt `a photo of $`), LoRA merged into the text encoder." in text
+    assert "- LoRA: rank 4, α 16.0, on `q_proj`, `k_proj`, `v_proj`, `out_proj`." in text
+    assert "- Mapping network: 2 visual-semantic-injection blocks" in text and "8 heads, dropout 0.1." in text
+    assert "text side tuned by stage 2's LoRA" in text and "the composed prompt against the frozen" in text
+    assert "Combiner" not in text and "model.compose(" not in text  # nothing of the other composer
+    assert "map-to-compose" in card.data.tags
+
+    # after stage 1 alone: no LoRA yet, and the card says so
+    config = json.loads((pseudo_word_folder / "config.json").read_text())
+    stage_1 = render_model_card({**config, "pseudo_word_lora_state": "none"}, model_name="m2c-stage-1").text
+    assert "LoRA merged" not in stage_1 and "- LoRA:" not in stage_1
+    assert "no LoRA yet: the text encoder is the backbone's (stage 1 only)" in stage_1
+    assert "stage 2 (composing) has not run" in stage_1 and "`clip` from" in stage_1 and ", frozen;" in stage_1
+
+
+def test_a_combiner_card_names_the_combiner(scot_folder):
     from modeling_scot import ScotConfig
 
-    card = render_model_card(ScotConfig.from_pretrained(scot_folder), model_name="scot-tiny-clip",
-                             repo_id=str(scot_folder))
+    config = ScotConfig.from_pretrained(scot_folder)
+    card = render_model_card(config, model_name="scot-tiny-clip")
+    assert ("- Composer: Combiner (SCOT, CLIP4Cir-style): image + text embeddings → λ-mix + fusion; branch width "
+            f"P = {config.combiner_projection_dim}, fusion width H = {config.combiner_hidden_dim}") in card.text
+    assert "Map-to-Compose" not in card.text and "pseudo-word" not in card.text
+    assert "map-to-compose" not in card.data.tags
+
+
+@pytest.mark.parametrize("folder_fixture", ["scot_folder", "pseudo_word_folder"])
+def test_the_usage_code_in_the_card_runs(folder_fixture, request, tmp_path, monkeypatch):
+    from modeling_scot import ScotConfig
+
+    folder = request.getfixturevalue(folder_fixture)
+    card = render_model_card(ScotConfig.from_pretrained(folder), model_name=folder.name, repo_id=str(folder))
     (code,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.DOTALL)
     monkeypatch.chdir(tmp_path)
     for name, colour in (("gallery_0.png", "red"), ("gallery_1.png", "blue"), ("reference.png", "green")):
