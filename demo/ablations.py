@@ -9,11 +9,13 @@ metrics) and `{output_dir}/ablations/ablations.md` (the tables docs/ablations.md
 
 The search, the same for each variant (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the
 variant's own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin 0.2 / 0.5; target
-mixing: the retrieved-image weight 0.25 / 0.5), 4 settings each. The selection metric, the same for every variant
+mixing: the retrieved-image weight 0.25 / 0.5; the image anchor: β 0.5 / 1.0, the other settings fixed as
+`VARIANTS` says), 4 settings each. The selection metric, the same for every variant
 whatever its target, is `probe_R@1` on the 5% validation slice of the triplets, which `ScotTrainer` logs: the mean
 of composed → modified caption and composed → retrieved training image recall@1. Every searched setting is also
 evaluated on every kind of the benchmark (reported, never used to select); the selected settings of the default
-(target mixing) and of the paper's loss on text targets are retrained with each seed for the spread.
+(target mixing with the image anchor) and of the paper's loss on text targets are retrained with each seed for the
+spread.
 """
 
 from __future__ import annotations
@@ -27,17 +29,24 @@ from pathlib import Path
 
 logger = logging.getLogger("demo.ablations")
 
-# The variants compared: name -> (loss_type, target, knob). The SCOT paper's Table 3 is "scot+text" vs
-# "scot+retrieved_image"; "scot+text+image" is target mixing (`retrieved_image_weight`), the demo's default.
+# The variants compared: name -> (loss_type, target, knob searched, settings fixed). The SCOT paper's Table 3 is
+# "scot+text" vs "scot+retrieved_image"; "scot+text+image" is target mixing (`retrieved_image_weight`); "+anchor"
+# adds the image anchor (`ScotConfig.image_anchor_weight` β: the composed ranking fused with the image-only one);
+# "scot+text+image+anchor" is the demo's default.
 VARIANTS = {
-    "scot+text+image": ("scot", "text", ("retrieved_image_weight", (0.25, 0.5))),
-    "scot+text": ("scot", "text", ("margin", (0.2, 0.5))),
-    "scot+retrieved_image": ("scot", "retrieved_image", ("margin", (0.2, 0.5))),
-    "scot+text_gap": ("scot", "text_gap", ("margin", (0.2, 0.5))),
-    "infonce+text": ("infonce", "text", ("infonce_temperature", (0.01, 0.05))),
-    "scot_split+text": ("scot_split", "text", ("margin", (0.2, 0.5))),
-    "infonce_captions+text": ("infonce_captions", "text", ("infonce_temperature", (0.01, 0.05))),
+    "scot+text+image+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {"retrieved_image_weight": 0.5}),
+    "scot+text+image": ("scot", "text", ("retrieved_image_weight", (0.25, 0.5)), {}),
+    "scot+text+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {}),
+    "scot+text": ("scot", "text", ("margin", (0.2, 0.5)), {}),
+    "scot+retrieved_image": ("scot", "retrieved_image", ("margin", (0.2, 0.5)), {}),
+    "scot+text_gap": ("scot", "text_gap", ("margin", (0.2, 0.5)), {}),
+    "infonce+text": ("infonce", "text", ("infonce_temperature", (0.01, 0.05)), {}),
+    "infonce+text+anchor": ("infonce", "text", ("image_anchor_weight", (0.5, 1.0)), {"infonce_temperature": 0.05}),
+    "scot_split+text": ("scot_split", "text", ("margin", (0.2, 0.5)), {}),
+    "infonce_captions+text": ("infonce_captions", "text", ("infonce_temperature", (0.01, 0.05)), {}),
 }
+# ScotConfig settings among the searched ones (the rest are ScotTrainingArguments)
+MODEL_SETTINGS = ("margin", "infonce_temperature", "image_anchor_weight")
 EPOCHS = (8, 40)
 LEARNING_RATES = (1e-4,)  # the paper's; a second rate doubles the search (--learning_rates 1e-4 3e-4)
 # Target-independent, so that variants trained towards different targets are selected alike: the mean of composed ->
@@ -53,7 +62,7 @@ class AblationArguments:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds of the final runs."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={
         "help": f"The variants to run, of {', '.join(VARIANTS)}."})
-    seeded_variants: list[str] = field(default_factory=lambda: ["scot+text+image", "scot+text"], metadata={
+    seeded_variants: list[str] = field(default_factory=lambda: ["scot+text+image+anchor", "scot+text"], metadata={
         "help": "Variants retrained with every seed (the default and the paper's loss); the others report the "
                 "search seed only."})
     search_seed: int = field(default=0, metadata={"help": "Seed of the budget search."})
@@ -63,8 +72,8 @@ class AblationArguments:
 
 def grid(variant: str, learning_rates=LEARNING_RATES) -> list[dict]:
     """The settings searched for `variant`: ModelArguments / ScotTrainingArguments overrides."""
-    knob, values = VARIANTS[variant][2]
-    return [{"num_train_epochs": epochs, "learning_rate": rate, knob: value}
+    (knob, values), fixed = VARIANTS[variant][2:]
+    return [{"num_train_epochs": epochs, "learning_rate": rate, **fixed, knob: value}
             for epochs, rate, value in itertools.product(EPOCHS, learning_rates, values)]
 
 
@@ -76,7 +85,7 @@ def train_combiner(args: AblationArguments, loss_type: str, target: str, setting
     results_file = run_dir / "validation.json"
     if results_file.is_file():
         return run_dir, json.loads(results_file.read_text())
-    model_settings = {key: value for key, value in setting.items() if key in ("margin", "infonce_temperature")}
+    model_settings = {key: value for key, value in setting.items() if key in MODEL_SETTINGS}
     retrieved_image_weight = setting.get("retrieved_image_weight", 0.0)
     trainer = build_trainer(
         ModelArguments(model_name_or_path=str(Path(args.output_dir) / "backbone"), text_pooling="mean",
@@ -131,7 +140,7 @@ def run(args: AblationArguments) -> dict:
     prepared, processor, baselines = prepare_kinds(args)
     results = {"baselines": baselines, "search": {}, "selected": {}, "final": {}}
     for name in args.variants:
-        loss_type, target, _ = VARIANTS[name]
+        loss_type, target = VARIANTS[name][:2]
         started = time.perf_counter()
         searched = []
         for number, setting in enumerate(grid(name, args.learning_rates)):
@@ -195,7 +204,7 @@ def format_report(results: dict) -> str:
 
 def _setting(setting: dict) -> str:
     short = {"num_train_epochs": "ep", "learning_rate": "lr", "margin": "margin", "infonce_temperature": "τ",
-             "retrieved_image_weight": "image weight"}
+             "retrieved_image_weight": "image weight", "image_anchor_weight": "anchor β"}
     return ", ".join(f"{short[key]} {value:g}" for key, value in setting.items())
 
 

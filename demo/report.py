@@ -19,7 +19,8 @@ METHOD_NAMES = {
     "image": "Image only (reference image embedding)",
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
-    "scot": "SCOT (Combiner, SCOT loss, text + retrieved-image targets)",
+    "scot": "SCOT (Combiner, SCOT loss, text + retrieved-image targets, image anchor)",
+    "scot_no_anchor": "Combiner, SCOT loss, text + retrieved-image targets, no image anchor",
     "scot_text_only": "Combiner, SCOT loss on text targets only (the paper's Eq. 4-9)",
     "scot_infonce": "Combiner trained with InfoNCE instead",
 }

@@ -10,8 +10,8 @@
    modified caption) for `llm_rows` captions, each asked for a kind drawn so that none dominates; the rule-based
    templates only where its answer is rejected -> scot-triplets/;
 5. SCOT: the Combiner trained on cached embeddings with the SCOT loss, half of it towards the retrieved training
-   image (target mixing, the default) -> scot-demo/; and, to compare, the paper's loss on text targets alone and
-   InfoNCE (same data and budget);
+   image (target mixing), its output anchored to the reference image (the default) -> scot-demo/; and, to compare,
+   the same without the anchor, the paper's loss on text targets alone and InfoNCE (same data and budget);
 6. evaluation per kind against image-only, text-only and image+text, a markdown report, a retrieval grid and
    metrics.json.
 
@@ -34,11 +34,13 @@ logger = logging.getLogger("demo")
 
 BENCHMARK_METRICS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3")
 # The Combiners the demo trains, same data and budget: method key (demo.report.METHOD_NAMES) -> (ScotConfig.loss_type,
-# ScotTrainingArguments.retrieved_image_weight). The default, `scot`, is the SCOT loss with target mixing (half the
-# loss towards the retrieved training image): selected on the triplets' validation probes (docs/ablations.md); the
-# paper's loss on text targets alone is `scot_text_only`, one flag away. The split reading and InfoNCE with caption
-# negatives are in `make ablations`.
-COMBINERS = {"scot": ("scot", 0.5), "scot_text_only": ("scot", 0.0), "scot_infonce": ("infonce", 0.0)}
+# ScotTrainingArguments.retrieved_image_weight, ScotConfig.image_anchor_weight). The default, `scot`, is the SCOT loss
+# with target mixing (half the loss towards the retrieved training image) and the image anchor β 0.5 (the composed
+# ranking fused with the image-only one): chosen on the triplets' validation probes, never on the benchmark
+# (docs/ablations.md). `scot_no_anchor` shows what the anchor changes; the paper's loss on text targets alone is
+# `scot_text_only`, two flags away. The split reading and InfoNCE with caption negatives are in `make ablations`.
+COMBINERS = {"scot": ("scot", 0.5, 0.5), "scot_no_anchor": ("scot", 0.5, 0.0), "scot_text_only": ("scot", 0.0, 0.0),
+             "scot_infonce": ("infonce", 0.0, 0.0)}
 # The licences of the demo images, for the triplets' card
 SOURCE_LICENSE = "see the demo data card: Tux Paint stamps GPL-2.0+, Open Clip Art CC0, Noto emoji OFL-1.1/Apache-2.0"
 
@@ -180,13 +182,15 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method:
     from trainers.train import build_trainer, finish_training
     from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
-    loss_type, retrieved_image_weight = COMBINERS[method]
+    loss_type, retrieved_image_weight, image_anchor_weight = COMBINERS[method]
     run_dir = output_dir / f"combiner-{method}"
+    key = f"{key}:{loss_type}:{retrieved_image_weight}:{image_anchor_weight}"
     if fresh_folder(run_dir, key) and (run_dir / "train_results.json").exists():
         return run_dir
     mark_fresh(run_dir, key)
     trainer = build_trainer(
-        ModelArguments(model_name_or_path=str(backbone_dir), text_pooling="mean", loss_type=loss_type),
+        ModelArguments(model_name_or_path=str(backbone_dir), text_pooling="mean", loss_type=loss_type,
+                       image_anchor_weight=image_anchor_weight),
         DataArguments(eval_fraction=0.05, embedding_cache_dir=str(output_dir / "embedding-cache")),
         ScotTrainingArguments(output_dir=str(run_dir), dataset_name=str(triplets_dir), per_device_train_batch_size=256,
                               per_device_eval_batch_size=256, num_train_epochs=epochs, learning_rate=1e-4,

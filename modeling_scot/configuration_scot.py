@@ -81,6 +81,10 @@ class ScotConfig(PreTrainedConfig):
             Width H of the Combiner's fusion layer and of its λ head. Defaults to 8 x `embed_dim` (CLIP4Cir).
         combiner_dropout (`float`, *optional*, defaults to 0.5):
             Dropout inside the Combiner (CLIP4Cir uses 0.5).
+        image_anchor_weight (`float`, *optional*, defaults to 0.0):
+            β of the image anchor (ours, not the paper's): the Combiner's output c becomes normalize(c + β ·
+            image), so that every gallery item scores cos(c, g) + β · cos(image, g) — the composed ranking fused
+            with the image-only one. 0 is the paper's Combiner.
         blip2_query_pooling (`str`, *optional*, defaults to `"mean"`):
             How BLIP-2's 32 projected, normalised query embeddings become one image vector: `"mean"` averages
             them and re-normalises (every query contributes, which is what a single-vector gallery needs);
@@ -166,6 +170,7 @@ class ScotConfig(PreTrainedConfig):
     combiner_projection_dim: int | None = None
     combiner_hidden_dim: int | None = None
     combiner_dropout: float = 0.5
+    image_anchor_weight: float = 0.0
     blip2_query_pooling: str = "mean"
     text_pooling: str = "pooler"
     freeze_encoder: bool = True
@@ -238,6 +243,8 @@ class ScotConfig(PreTrainedConfig):
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ScotConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not self.image_anchor_weight >= 0.0:
+            raise ValueError(f"ScotConfig.image_anchor_weight must be >= 0, got {self.image_anchor_weight}.")
         if not 0.0 <= self.combiner_dropout < 1.0:
             raise ValueError(f"ScotConfig.combiner_dropout must be in [0, 1), got {self.combiner_dropout}.")
         for name in ("infonce_temperature", "pseudo_word_temperature", "soft_alignment_temperature",

@@ -235,6 +235,11 @@ class Combiner(nn.Module):
     Both inputs go through their own Linear(d -> P) + ReLU + Dropout; the concatenation (2P) feeds a fusion
     MLP (2P -> H -> d) and a head giving the dynamic scalar λ = sigmoid(MLP(2P -> H -> 1)). The output is
     normalize(fusion + λ · text + (1 - λ) · image): a learned residual around a learned convex mix of the inputs.
+
+    With `image_anchor_weight` β > 0 (`ScotConfig.image_anchor_weight`, ours, not the paper's), the output c is
+    anchored to the reference image: normalize(c + β · normalize(image)). Cosines are linear in the query, so a
+    gallery item then scores cos(c, g) + β · cos(image, g), up to a positive factor: the composed ranking fused with
+    the image-only one, which the Combiner cannot learn away (c has unit norm, whatever the fusion does).
     """
 
     def __init__(self, embed_dim: int, projection_dim: int, hidden_dim: int, dropout: float = 0.5):
@@ -248,12 +253,16 @@ class Combiner(nn.Module):
             nn.Linear(2 * projection_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, 1)
         )
 
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+                image_anchor_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the L2-normalised composed embeddings `[B, d]` and λ `[B, 1]`."""
         joint = torch.cat([self.text_projection(text_embeds), self.image_projection(image_embeds)], dim=-1)
         text_weight = torch.sigmoid(self.text_weight_head(joint))
         composed = self.fusion(joint) + text_weight * text_embeds + (1 - text_weight) * image_embeds
-        return F.normalize(composed, dim=-1), text_weight
+        composed = F.normalize(composed, dim=-1)
+        if image_anchor_weight:
+            composed = F.normalize(composed + image_anchor_weight * F.normalize(image_embeds, dim=-1), dim=-1)
+        return composed, text_weight
 
 
 def _encoder_class(encoder_config: PreTrainedConfig) -> type[PreTrainedModel]:
@@ -561,7 +570,7 @@ class ScotModel(ScotPreTrainedModel):
                 )
         _check_same_batch("compose", image_embeds, text_embeds, ("image embedding", "text embedding"))
         dtype = self.combiner.fusion[0].weight.dtype
-        return self.combiner(image_embeds.to(dtype), text_embeds.to(dtype))
+        return self.combiner(image_embeds.to(dtype), text_embeds.to(dtype), self.config.image_anchor_weight)
 
     def compose(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, return_text_weight: bool = False

@@ -7,7 +7,8 @@ def test_every_variant_gets_the_same_number_of_settings_over_the_same_epochs_and
     grids = {name: ablations.grid(name) for name in ablations.VARIANTS}
     assert len({len(settings) for settings in grids.values()}) == 1
     for name, settings in grids.items():
-        knob, values = ablations.VARIANTS[name][2]
+        (knob, values), fixed = ablations.VARIANTS[name][2:]
+        assert all(setting.items() >= fixed.items() for setting in settings)
         assert {setting["num_train_epochs"] for setting in settings} == set(ablations.EPOCHS)
         assert {setting["learning_rate"] for setting in settings} == set(ablations.LEARNING_RATES)
         assert {setting[knob] for setting in settings} == set(values)

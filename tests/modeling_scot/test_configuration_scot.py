@@ -44,7 +44,8 @@ def test_round_trip_through_auto_config(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value", [("loss_type", "triplet"), ("blip2_query_pooling", "max"), ("text_pooling", "cls"),
-                     ("combiner_dropout", 1.5), ("infonce_temperature", 0.0)]
+                     ("combiner_dropout", 1.5), ("infonce_temperature", 0.0),
+                     ("image_anchor_weight", -1.0)]
 )
 def test_invalid_settings_are_refused(field, value):
     with pytest.raises(Exception, match=f"ScotConfig.{field} must be"):

@@ -208,6 +208,26 @@ def test_precomputed_embeddings_give_the_same_composition(scot):
     torch.testing.assert_close(from_embeds.composed_embeds, output.composed_embeds, atol=ATOL, rtol=0)
 
 
+def test_image_anchor_fuses_the_composed_and_the_image_rankings(scot):
+    _, _, model, processor = scot
+    model.eval()
+    inputs = _inputs(processor)
+    gallery = F.normalize(torch.randn(7, EMBED_DIM, generator=torch.Generator().manual_seed(1)), dim=-1)
+    with torch.no_grad():
+        output = model(**inputs)
+        plain, plain_weight = model.compose(output.image_embeds, output.text_embeds, return_text_weight=True)
+        model.config.image_anchor_weight = 0.5
+        anchored, anchored_weight = model.compose(output.image_embeds, output.text_embeds, return_text_weight=True)
+    torch.testing.assert_close(plain, output.composed_embeds, atol=ATOL, rtol=0)  # β = 0 (the default): unchanged
+    torch.testing.assert_close(anchored_weight, plain_weight, atol=0, rtol=0)
+    _unit_rows(anchored)
+    # each gallery item scores cos(c, g) + β cos(image, g), up to one positive factor per query
+    fused = plain @ gallery.T + 0.5 * F.normalize(output.image_embeds, dim=-1) @ gallery.T
+    scale = (fused / (anchored @ gallery.T))[:, :1]
+    torch.testing.assert_close(anchored @ gallery.T * scale, fused, atol=1e-5, rtol=0)
+    assert (scale > 0).all() and not torch.allclose(anchored, plain)
+
+
 def test_combiner_sizes_follow_clip4cir_defaults_and_overrides(backbone_folders):
     model = ScotModel.from_backbone(backbone_folders["clip"])
     assert model.config.combiner_projection_dim == 4 * EMBED_DIM
