@@ -25,14 +25,26 @@ whose id and version (file size and modification time, or a dataset cell's conte
 embeddings; images no longer in the gallery are dropped.
 
 Scores are inner products of unit vectors, i.e. cosine similarities, as in SCOT's retrieval (paper §3).
+
+Exact ("flat") search of a batch of queries screens a bfloat16 copy of the gallery first, where the CPU multiplies
+bfloat16 natively (AVX512-BF16 or AMX, through torch's oneDNN: 2.5-4x numpy's float32 matmul rate on 2 cores): the
+copy is made on first use (half the size of the float32 embeddings) and every row whose bfloat16 score could still
+place it in the top k — by a rigorous bound on the bfloat16 scores' error, `screening_error_bound` — is rescored in
+float32 (`screened_candidates`, `GalleryIndex._screened_top_k`). So the result is the float32 search's: the same
+rows in the same order, with float32 scores (up to the float32 rounding of matrices of other shapes, as between the
+blocked and the plain float32 paths). A query with too many candidates (a gallery of many near-equal rows) takes the
+float32 path, as do single queries (a matrix-vector product is bound by reading the gallery: bfloat16 halves the
+bytes, but torch's bfloat16 matrix-vector product ran no faster than numpy's float32 one).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +85,23 @@ SCORE_TILE_BYTES = 16 * 2**20
 # SCORE_TILE_BYTES / (4 * MIN_BLOCK_ROWS) queries share each read of the gallery
 SCORE_GROUP = 32
 MIN_BLOCK_ROWS = 4096
+# batches of at least SCREEN_MIN_QUERIES queries (k <= SCREEN_MAX_K) on galleries of at least SCREEN_MIN_IMAGES
+# images are screened in bfloat16 (`GalleryIndex._screened_top_k`), blocks of gallery rows of about
+# SCREEN_TILE_BYTES of [queries, rows] bfloat16 scores at a time. Below 16 queries torch's bfloat16 product was no
+# faster than numpy's float32 one; below 2^18 images (at 100k) the screen's costs per query (the first blocks'
+# candidates, the rescoring) ate up what the product saved on a 2-core machine
+SCREEN_MIN_QUERIES = 16
+SCREEN_MIN_IMAGES = 2**18
+SCREEN_MAX_K = 1024
+SCREEN_TILE_BYTES = 8 * 2**20
+# a query with more candidates than this (or 8 k) takes the float32 path: its gallery has too many rows that bfloat16
+# cannot tell apart, and rescoring them would cost more than scoring them all in float32
+SCREEN_MAX_CANDIDATES = 4096
+# unit roundoffs (round to nearest: half the spacing of numbers in [1, 2)) and the factor the error bound is widened
+# by (see `screening_error_bound`)
+BFLOAT16_UNIT_ROUNDOFF = 2.0**-8
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+SCREEN_SAFETY = 1.25
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 INDEX_MARKER = ".scot-index"
 LOCK_FILE = ".scot-index.lock"
@@ -174,6 +203,9 @@ class GalleryIndex:
             # million 256-d images)
             self.embeds = _require_faiss().rev_swig_ptr(self.faiss_index.get_xb(), embeds.size).reshape(embeds.shape)
         self._apply_search_options()
+        # the bfloat16 copy of the embeddings and their largest norm, made by the first batch that is screened
+        self._screening_gallery: tuple[torch.Tensor, float] | None = None
+        self._screening_lock = threading.Lock()
 
     # -- faiss ------------------------------------------------------------------------------------------------------
 
@@ -227,7 +259,7 @@ class GalleryIndex:
         if self.index_type != "flat":
             return self.faiss_index.search(queries, k)
         rows = max(1, SCORE_BLOCK_BYTES // (4 * len(self)))
-        if self._scored_in_gallery_blocks(len(queries)):
+        if self._scored_in_gallery_blocks(len(queries)) or self._screens(len(queries), k):
             rows = SCORE_TILE_BYTES // (4 * MIN_BLOCK_ROWS)  # the blocked product: the gallery read once per `rows`
         blocks = [self._exact_top_k(queries[start:start + rows], k) for start in range(0, len(queries), rows)]
         return np.concatenate([scores for scores, _ in blocks]), np.concatenate([top for _, top in blocks])
@@ -247,7 +279,14 @@ class GalleryIndex:
         slower than `gallery @ q` + a full sort, on any machine; faiss's flat
         search lost to that on some (its single-query scan with one thread or all, its batched path on a loaded
         machine: bench/bench_search.py). Equal scores are listed by position (a tie at the k-th score keeps any
-        of the tied rows)."""
+        of the tied rows). Batches that `_screens` are screened in bfloat16 first (`_screened_top_k`): the same
+        result, 2-3x faster at 1M images on 2 cores."""
+        if self._screens(len(queries), k):
+            return self._screened_top_k(queries, k)
+        return self._float32_top_k(queries, k)
+
+    def _float32_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`_exact_top_k` with every score in float32."""
         if len(queries) == 1:
             scores = (self.embeds @ queries[0])[None]
             top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
@@ -260,6 +299,61 @@ class GalleryIndex:
             top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
             top_scores = np.take_along_axis(scores, top, axis=1)
         return _by_score_then_position(top_scores, top)
+
+    def _screens(self, count: int, k: int) -> bool:
+        """Whether `count` queries are screened in bfloat16: batches large enough for the bfloat16 matrix product to
+        beat numpy's float32 one, on a CPU that multiplies bfloat16 natively."""
+        return (count >= SCREEN_MIN_QUERIES and len(self) >= SCREEN_MIN_IMAGES and k <= SCREEN_MAX_K
+                and bfloat16_matmul_is_native())
+
+    def _screening_copy(self) -> tuple[torch.Tensor, float]:
+        """The gallery in bfloat16 (made once, on first use: 0.5 GB per million 256-d images) and its largest
+        float32 row norm (for `screening_error_bound`)."""
+        with self._screening_lock:
+            if self._screening_gallery is None:
+                # float32 squared norms are within a relative gamma of the exact ones (see
+                # `screening_error_bound`): widened by 2 gamma, the largest bounds every row's
+                gamma = self.embed_dim * FLOAT32_UNIT_ROUNDOFF / (1 - self.embed_dim * FLOAT32_UNIT_ROUNDOFF)
+                largest_square = max(float(np.einsum("ij,ij->i", rows, rows).max())
+                                     for rows in np.array_split(self.embeds, max(1, len(self) // 65536)))
+                largest_norm = math.sqrt(largest_square * (1 + 2 * gamma))
+                self._screening_gallery = torch.from_numpy(self.embeds).to(torch.bfloat16), largest_norm
+            return self._screening_gallery
+
+    def _screened_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`_exact_top_k` of a batch in two passes: every score in bfloat16 (`screened_candidates`: each query's
+        rows whose bfloat16 score is at least its k-th best bfloat16 score less twice `screening_error_bound`),
+        then those candidates' scores in float32, selected by score, equal scores by position.
+
+        Why it is exact: let |bfloat16 score - float32 score| <= eps for every row (`screening_error_bound`). The k
+        rows of the bfloat16 top k score at least the bfloat16 k-th best - eps in float32, so the float32 k-th best
+        is at least that too; a row of the float32 top k (ties at the k-th score included) scores at least the
+        float32 k-th best, so at least the float32 k-th best - eps >= the bfloat16 k-th best - 2 eps in bfloat16:
+        it is among the candidates (which are taken against a lower bound on the bfloat16 k-th best: more of them,
+        never fewer). The candidates' float32 scores are products of their own (a matrix-vector product per query),
+        equal to the float32 path's up to the float32 rounding of other matrix shapes (a few 1e-7 for unit
+        vectors): the same rows in the same order unless two rows score that close. Queries with more than
+        `max(SCREEN_MAX_CANDIDATES, 8 k)` candidates take the float32 path instead."""
+        gallery, largest_norm = self._screening_copy()
+        query_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+        margins = 2 * screening_error_bound(query_norms, largest_norm, self.embed_dim)
+        if not np.isfinite(margins).all() or largest_norm * query_norms.max() > 1e30:
+            return self._float32_top_k(queries, k)  # bfloat16 has float32's range; products this large overflow
+        block_rows = max(MIN_BLOCK_ROWS, SCREEN_TILE_BYTES // (2 * len(queries)))
+        owners, positions, fallback = screened_candidates(
+            torch.from_numpy(queries).to(torch.bfloat16), gallery, k, margins, block_rows, SCORE_GROUP,
+            max(SCREEN_MAX_CANDIDATES, 8 * k))
+        top_scores = np.empty((len(queries), k), np.float32)
+        top = np.empty((len(queries), k), np.int64)
+        bounds = np.searchsorted(owners, np.arange(len(queries) + 1))
+        for query in np.flatnonzero(~fallback):
+            rows = positions[bounds[query]:bounds[query + 1]]
+            scores = self.embeds[rows] @ queries[query]
+            best = np.lexsort((rows, -scores))[:k]
+            top_scores[query], top[query] = scores[best], rows[best]
+        if fallback.any():
+            top_scores[fallback], top[fallback] = self._float32_top_k(queries[fallback], k)
+        return top_scores, top
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
@@ -373,6 +467,148 @@ def blocked_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, block_rows: 
         best_scores = np.take_along_axis(merged_scores, kept, axis=1)
         best_positions = np.take_along_axis(merged_positions, kept, axis=1)
     return best_scores, best_positions
+
+
+@functools.cache
+def bfloat16_matmul_is_native() -> bool:
+    """Whether torch multiplies bfloat16 matrices in hardware here: oneDNN with AVX512-BF16 or AMX (elsewhere a
+    bfloat16 product is emulated and slower than numpy's float32 one)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                    and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    except (AttributeError, RuntimeError):  # a torch without these probes
+        return False
+
+
+def screening_error_bound(query_norms: np.ndarray, gallery_norm: float, dim: int) -> np.ndarray:
+    """Per query, a bound eps on |bfloat16 score - float32 score| over every gallery row, where the bfloat16 score
+    is torch's bfloat16 product (bfloat16 inputs, float32 accumulation, the result rounded to bfloat16) and the
+    float32 score any float32 product (`query_norms`: the queries' L2 norms; `gallery_norm`: the largest row's).
+
+    Derivation, for a query q and a row g (float32 numbers, exact reals below; u = 2^-8 the bfloat16 unit roundoff,
+    u32 = 2^-24 float32's, gamma = d u32 / (1 - d u32) with d = dim, S = sum_i |q_i g_i| <= |q| |g| by
+    Cauchy-Schwarz, so S <= 1 for unit vectors):
+    - rounding both to bfloat16 (to nearest): q'_i = q_i (1 + a_i), g'_i = g_i (1 + b_i), |a_i|, |b_i| <= u, so
+      |sum_i q'_i g'_i - q.g| <= (2 u + u^2) S;
+    - the products of bfloat16 numbers are exact in float32 (8 x 8 significant bits); summing d of them in float32,
+      in any order and with any blocking (FMA or not): error <= gamma sum_i |q'_i g'_i| <= gamma (1 + u)^2 S;
+    - rounding the float32 sum t to bfloat16: error <= u |t| <= u (1 + u)^2 (1 + gamma) S;
+    - the float32 score itself: |float32 score - q.g| <= gamma S (the same summation argument).
+    The sum of the four is eps / S (~3 u + 2 gamma: 0.0118 for d = 256). Denormals, which the bfloat16
+    instructions flush to zero, add at most 2^-126 per input and per partial sum: 2^-126 d (|q| + |g| + 1) in all.
+    The bound is widened by SCREEN_SAFETY (25%) for the roundings it leaves out (of the norms, of the threshold
+    `k-th best - 2 eps`, a few float64 ulps) and as a margin for the kernels' arithmetic. It assumes
+    round-to-nearest conversions and float32 accumulation, as oneDNN's bfloat16 kernels do (the tests check it on
+    random vectors, and on worst-case ones, where the error reaches more than half the bound)."""
+    u, u32 = BFLOAT16_UNIT_ROUNDOFF, FLOAT32_UNIT_ROUNDOFF
+    gamma = dim * u32 / (1 - dim * u32)
+    relative = (2 * u + u**2) + gamma * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + gamma) + gamma
+    denormals = 2.0**-126 * dim * (query_norms + gallery_norm + 1)
+    return SCREEN_SAFETY * (relative * query_norms * gallery_norm + denormals)
+
+
+def screened_candidates(queries: torch.Tensor, gallery: torch.Tensor, k: int, margins: np.ndarray, block_rows: int,
+                        group: int, max_candidates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owners, positions, fallback): every (query, gallery row) whose bfloat16 score (`queries @ gallery.T`, both
+    bfloat16) is at least the query's k-th best bfloat16 score less its margin, as flat arrays ordered by query
+    (`owners` the query of each, `positions` its row), and `fallback [Q]`, the queries with more than
+    `max_candidates` (whose candidates are left out).
+
+    As in `blocked_top_k`, the gallery is scored `block_rows` rows at a time and each block's scores are screened by
+    the maximum of every group of `group` columns: the k-th best of the group maxima seen so far is the score of k
+    distinct rows, so it is a lower bound on the k-th best score; the threshold, that lower bound less the margin,
+    only rises, so a row below it when its block is screened is below the final one. Only the groups whose maximum
+    reaches the threshold can raise the lower bound or hold candidates, and only those are read again. Unlike
+    `blocked_top_k`, a query may have any number of candidates, so they are kept as flat lists. Only the product is
+    torch; the screening is numpy, on the scores' bits as int16 (torch's threads, woken for each small step, spun
+    against the product's on a loaded 2-core machine, and torch's bfloat16 maximum ran 6x slower than int16's)."""
+    count = len(queries)
+    best_maxima = np.full((count, k), -np.inf, np.float32)
+    floor = np.full(count, -np.inf)  # a lower bound on each query's k-th best score
+    threshold = np.full(count, -np.inf)
+    found = np.zeros(count, np.int64)
+    fallback = np.zeros(count, bool)
+    buffer = torch.empty(count * block_rows, dtype=torch.bfloat16)  # reused: fresh 8 MB buffers fault pages in
+    buffer_bits = buffer.view(torch.int16).numpy()
+    owners, positions, scores = [], [], []
+    for start in range(0, len(gallery), block_rows):
+        block = gallery[start:start + block_rows]
+        width = len(block)
+        torch.mm(queries, block.T, out=buffer[:count * width].view(count, width))
+        bits = buffer_bits[:count * width].reshape(count, width)
+        grouped = width - width % group
+        stride = grouped // group
+        # bfloat16 bits as int16 are ordered as the numbers they stand for once the magnitude bits of the negative
+        # ones are flipped; while every threshold is above 0 that can be left out: a group's maximum is then wrong
+        # only if all its scores are negative (it is one of them: below the threshold and a score all the same)
+        ordered = threshold.min() <= 0
+        keys = _ordered_bits(bits) if ordered else bits
+        # the last `width % group` columns (< group) are each their own group
+        maxima = np.concatenate([_group_max(keys[:, :grouped], group), keys[:, grouped:]], axis=1)
+        maxima = _bfloat16_to_float32(_ordered_bits(maxima) if ordered else maxima)
+        hit_owners, hit_groups = np.nonzero(maxima >= threshold[:, None])  # ordered by query
+        hit_maxima = maxima[hit_owners, hit_groups]
+        per_query = np.bincount(hit_owners, minlength=count)
+        widest = int(per_query.max())
+        if widest:  # merge the hit groups' maxima (no other group can raise the k-th best)
+            merged = np.full((count, k + widest), -np.inf, np.float32)
+            merged[:, :k] = best_maxima
+            merged[hit_owners, k + np.arange(len(hit_owners)) - np.repeat(np.cumsum(per_query) - per_query,
+                                                                          per_query)] = hit_maxima
+            best_maxima = np.partition(merged, widest, axis=1)[:, widest:]
+            floor = np.maximum(floor, best_maxima.min(axis=1))
+            threshold = np.where(fallback, np.inf, floor - margins)
+        hit = hit_maxima >= threshold[hit_owners]
+        in_groups, in_tail = hit & (hit_groups < stride), hit & (hit_groups >= stride)
+        group_owners = hit_owners[in_groups]
+        columns = hit_groups[in_groups, None] + np.arange(group) * stride  # [hits, group]: each hit group's columns
+        values = _bfloat16_to_float32(bits.reshape(-1).take(columns + (group_owners * width)[:, None]))
+        kept = values >= threshold[group_owners, None]
+        block_owners = np.concatenate([np.broadcast_to(group_owners[:, None], kept.shape)[kept],
+                                       hit_owners[in_tail]])
+        owners.append(block_owners)
+        positions.append(np.concatenate([columns[kept], hit_groups[in_tail] - stride + grouped]) + start)
+        scores.append(np.concatenate([values[kept], hit_maxima[in_tail]]))
+        found += np.bincount(block_owners, minlength=count)
+        if (found > max_candidates).any():
+            # the k-th best of a query's candidates (distinct rows) may be a higher floor than the group maxima's
+            # (when k is not much below the number of groups); then drop the candidates below the threshold, and
+            # the queries still over the limit give up
+            owners, positions, scores = np.concatenate(owners), np.concatenate(positions), np.concatenate(scores)
+            floor = np.maximum(floor, _kth_best_per_owner(owners, scores, k, count))
+            threshold = np.where(fallback, np.inf, floor - margins)
+            kept = scores >= threshold[owners]
+            fallback |= np.bincount(owners[kept], minlength=count) > max_candidates
+            kept &= ~fallback[owners]
+            threshold[fallback] = np.inf
+            owners, positions, scores = [owners[kept]], [positions[kept]], [scores[kept]]
+            found = np.bincount(owners[0], minlength=count)
+    owners, positions, scores = np.concatenate(owners), np.concatenate(positions), np.concatenate(scores)
+    kept = scores >= threshold[owners]  # the final threshold (infinite for the queries that fell back)
+    owners, positions = owners[kept], positions[kept]
+    order = np.argsort(owners.astype(np.uint16 if count <= 2**16 else np.int64), kind="stable")
+    return owners[order], positions[order], fallback
+
+
+def _kth_best_per_owner(owners: np.ndarray, scores: np.ndarray, k: int, count: int) -> np.ndarray:
+    """`[count]`: the k-th best of the scores of each owner (-inf for those with fewer than k)."""
+    sorted_scores = scores[np.lexsort((-scores, owners))]
+    per_owner = np.bincount(owners, minlength=count)
+    kth = np.full(count, -np.inf)
+    enough = per_owner >= k
+    kth[enough] = sorted_scores[(np.cumsum(per_owner) - per_owner)[enough] + k - 1]
+    return kth
+
+
+def _ordered_bits(bits: np.ndarray) -> np.ndarray:
+    """int16 bits of bfloat16 numbers -> int16 keys in the numbers' order (negative ones' magnitude bits flipped);
+    its own inverse."""
+    return bits ^ ((bits >> 15) & np.int16(0x7FFF))
+
+
+def _bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 numbers, given as their (u)int16 bits, as float32 (exact: the upper half of a float32)."""
+    return (bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _read_saved_index(folder: Path) -> tuple[dict, np.ndarray, dict[str, list]]:

@@ -403,3 +403,164 @@ def test_blocked_top_k_equals_the_plain_one_on_unit_vectors(blocked_and_plain):
     np.testing.assert_array_equal(blocked_positions, plain_positions)
     # the same products, up to the BLAS's order of summation for matrices of other shapes
     np.testing.assert_allclose(blocked_scores, plain_scores, rtol=0, atol=1e-6)
+
+
+def unit_rows(rng, count: int, dim: int) -> np.ndarray:
+    rows = rng.standard_normal((count, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def screened_and_float32(monkeypatch):
+    """`search(index, queries, k)` -> (screened, float32, fallback): the search screened in bfloat16 on any gallery
+    and batch (gallery blocks of 250 rows: not a multiple of the 32-score groups, so each block ends in columns of
+    their own), the float32 search, and which queries the screen left to the float32 path. The screen runs on any
+    CPU here: its gate is about speed, while what is tested, the results, does not depend on it."""
+    import scot_search.index
+
+    falling_back = []
+
+    def recording(*args):
+        owners, positions, fallback = screened_candidates(*args)
+        falling_back.append(fallback)
+        return owners, positions, fallback
+
+    screened_candidates = scot_search.index.screened_candidates
+    monkeypatch.setattr(scot_search.index, "screened_candidates", recording)
+    monkeypatch.setattr(scot_search.index, "bfloat16_matmul_is_native", lambda: True)
+
+    def search(index, queries, k):
+        for name, value in (("SCREEN_MIN_IMAGES", 0), ("SCREEN_MIN_QUERIES", 1), ("SCREEN_TILE_BYTES", 0),
+                            ("MIN_BLOCK_ROWS", 250)):
+            monkeypatch.setattr(scot_search.index, name, value)
+        falling_back.clear()
+        screened = index.search(queries, k)
+        assert len(falling_back) == 1, "the screen did not run"
+        monkeypatch.setattr(scot_search.index, "SCREEN_MIN_IMAGES", len(index) + 1)
+        return screened, index.search(queries, k), falling_back[0]
+
+    return search
+
+
+def assert_same_top_k(found, expected, gallery: np.ndarray, queries: np.ndarray, tie: float = 1e-6) -> None:
+    """The same scores and the same rows, up to the float32 rounding of products of other shapes: rows may trade
+    places only with rows whose exact (float64) scores are within `tie` (bench/bench_search.py's tie swaps)."""
+    (found_scores, found_positions), (expected_scores, expected_positions) = found, expected
+    assert found_positions.dtype == np.int64 and found_scores.dtype == np.float32
+    np.testing.assert_allclose(found_scores, expected_scores, rtol=0, atol=1e-6)
+    rows, slots = np.nonzero(found_positions != expected_positions)
+    exact = queries.astype(np.float64) @ gallery.T.astype(np.float64)
+    gaps = np.abs(exact[rows, found_positions[rows, slots]] - exact[rows, expected_positions[rows, slots]])
+    assert (gaps <= tie).all(), f"{len(rows)} rows differ, exact score gaps up to {gaps.max()}"
+    for row_scores, row_positions in zip(found_scores, found_positions):  # best first, equal scores by position
+        np.testing.assert_array_equal(np.lexsort((row_positions, -row_scores)), np.arange(len(row_positions)))
+
+
+@pytest.mark.parametrize("size, dim", [(1000, 64), (3001, 256), (20000, 256)])
+def test_screened_search_equals_the_float32_one_on_unit_vectors(screened_and_float32, size, dim):
+    rng = np.random.default_rng(size)
+    gallery, queries = unit_rows(rng, size, dim), unit_rows(rng, 40, dim)
+    index = GalleryIndex(gallery, [str(i) for i in range(size)])
+    for k in (1, 10, 50, 600):
+        for batch in (queries[:1], queries):
+            screened, float32, fallback = screened_and_float32(index, batch, k)
+            assert_same_top_k(screened, float32, gallery, batch)
+            assert not fallback.any()
+
+
+def test_screened_search_tells_apart_rows_bfloat16_cannot(screened_and_float32, monkeypatch):
+    """300 rows within 1e-4 of each other (bfloat16 resolves ~4e-3): their bfloat16 scores tie in clumps, their
+    float32 ones do not (and 20 exact copies tie in float32 too)."""
+    import scot_search.index
+
+    rng = np.random.default_rng(7)
+    centre = unit_rows(rng, 1, 256)
+    near_copies = centre + 1e-4 * unit_rows(rng, 300, 256)
+    gallery = np.concatenate([unit_rows(rng, 3000, 256), near_copies, near_copies[:20]])  # the last 20: copies
+    gallery = gallery[rng.permutation(len(gallery))]
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = np.concatenate([centre + 0.01 * unit_rows(rng, 5, 256), unit_rows(rng, 4, 256)])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    bfloat16_scores = torch.from_numpy(queries[:1]).bfloat16() @ torch.from_numpy(near_copies).bfloat16().T
+    assert len(torch.unique(bfloat16_scores)) < 30  # the near copies really are clumped in bfloat16
+    for k in (10, 50, 400):
+        screened, float32, fallback = screened_and_float32(index, queries, k)
+        assert_same_top_k(screened, float32, gallery, queries)
+        assert not fallback.any()
+    # without the error bound's margin (candidates: only the rows at least the k-th best bfloat16 score), the
+    # screen misses rows of the float32 top k
+    monkeypatch.setattr(scot_search.index, "SCREEN_SAFETY", 0.0)
+    screened, float32, _ = screened_and_float32(index, queries[:5], 50)
+    assert (screened[1] != float32[1]).any()
+
+
+def test_screened_search_with_only_negative_scores(screened_and_float32):
+    """A query opposite a clustered gallery: every score and threshold is negative (group maxima on the bits then
+    need the magnitudes of negative numbers flipped)."""
+    rng = np.random.default_rng(10)
+    centre = unit_rows(rng, 1, 256)
+    gallery = centre + unit_rows(rng, 20000, 256)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = np.concatenate([-centre, -gallery[:3]])
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    screened, float32, fallback = screened_and_float32(index, queries, 50)
+    assert (screened[0] < 0).all()
+    assert_same_top_k(screened, float32, gallery, queries)
+    assert not fallback.any()
+
+
+def test_screen_falls_back_to_float32_on_too_many_near_equal_rows(screened_and_float32, monkeypatch):
+    import scot_search.index
+
+    monkeypatch.setattr(scot_search.index, "SCREEN_MAX_CANDIDATES", 500)
+    rng = np.random.default_rng(8)
+    centre = unit_rows(rng, 1, 256)
+    gallery = np.concatenate([unit_rows(rng, 2000, 256), centre + 1e-4 * unit_rows(rng, 1500, 256)])
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = np.concatenate([centre + 0.01 * unit_rows(rng, 3, 256), unit_rows(rng, 5, 256)])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    screened, float32, fallback = screened_and_float32(index, queries, 50)
+    np.testing.assert_array_equal(fallback, [True] * 3 + [False] * 5)  # 1500 candidates > 500, for those near
+    assert_same_top_k(screened, float32, gallery, queries)
+    # a gallery of one row repeated: every query falls back, and gets the float32 path's answer itself
+    same = GalleryIndex(np.repeat(gallery[:1], 3000, axis=0), [str(i) for i in range(3000)])
+    screened, float32, fallback = screened_and_float32(same, queries, 50)
+    assert fallback.all()
+    for found, expected in zip(screened, float32):
+        np.testing.assert_array_equal(found, expected)
+
+
+def test_screening_error_bound_holds_on_random_and_worst_case_vectors():
+    from scot_search.index import screening_error_bound
+
+    def bfloat16_scores(queries, gallery):  # the screen's product: bfloat16 inputs, a bfloat16 result
+        return (torch.from_numpy(queries).bfloat16() @ torch.from_numpy(gallery).bfloat16().T).float().numpy()
+
+    rng = np.random.default_rng(9)
+    for dim in (64, 256, 1024):
+        gallery, queries = unit_rows(rng, 4000, dim), unit_rows(rng, 64, dim)
+        errors = np.abs(bfloat16_scores(queries, gallery) - queries @ gallery.T)
+        bound = screening_error_bound(np.linalg.norm(queries, axis=1), 1.0, dim)
+        assert (errors.max(axis=1) <= bound).all() and bound.max() < 0.02
+        # the norms scale it: ten times longer queries, ten times the error and the bound
+        errors = np.abs(bfloat16_scores(10 * queries, gallery) - (10 * queries) @ gallery.T)
+        assert (errors.max(axis=1) <= screening_error_bound(10 * np.linalg.norm(queries, axis=1), 1.0, dim)).all()
+    # worst case: every entry 1/16 (1 + 2^-8 - 2^-20) rounds down by almost a relative 2^-8, all with the same sign,
+    # so the bfloat16 score (exactly 1) misses the float32 one (~1 + 2^-7) by ~2 u S: more than half the bound
+    worst = np.full((1, 256), (1 + 2.0**-8 - 2.0**-20) / 16, np.float32)
+    error = np.abs(bfloat16_scores(worst, worst) - worst @ worst.T).item()
+    bound = screening_error_bound(np.linalg.norm(worst, axis=1), float(np.linalg.norm(worst)), 256).item()
+    assert 0.5 * bound < error <= bound
+
+
+def test_screen_is_used_for_batches_on_large_galleries_only():
+    import scot_search.index
+
+    index = GalleryIndex(np.eye(4, dtype=np.float32)[np.arange(2**18) % 4], [str(i) for i in range(2**18)])
+    native = scot_search.index.bfloat16_matmul_is_native()
+    assert index._screens(16, 50) == native and index._screens(256, 1024) == native
+    assert not index._screens(1, 50) and not index._screens(15, 50) and not index._screens(256, 1025)
+    small = GalleryIndex(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+    assert not small._screens(256, 2)
