@@ -85,6 +85,9 @@ SCORE_TILE_BYTES = 16 * 2**20
 # SCORE_TILE_BYTES / (4 * MIN_BLOCK_ROWS) queries share each read of the gallery
 SCORE_GROUP = 32
 MIN_BLOCK_ROWS = 4096
+# a single query's scores are screened by the same group maxima from this many images on (`single_top_k`); below,
+# one selection over all the scores was as fast or faster (they crossed at 10-12k images on 2 cores)
+SINGLE_GROUPED_MIN_IMAGES = 2**14
 # batches of at least SCREEN_MIN_QUERIES queries (k <= SCREEN_MAX_K) on galleries of at least SCREEN_MIN_IMAGES
 # images are screened in bfloat16 (`GalleryIndex._screened_top_k`), blocks of gallery rows of about
 # SCREEN_TILE_BYTES of [queries, rows] bfloat16 scores at a time. Below 16 queries torch's bfloat16 product was no
@@ -273,14 +276,15 @@ class GalleryIndex:
     def _exact_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-`k` of a block of queries: every score by numpy's BLAS — for one query the matrix-vector product
         `gallery @ q` runs, for several the matrix product `queries @ gallery.T`, on the threads numpy gives them —
-        then a partial selection (O(N) per query, not a sort of all N): `np.argpartition` for one query, the threaded
-        `torch.topk` for several, or, when their scores exceed `SCORE_BLOCK_BYTES`, the product and the selection
-        block by block of the gallery (`blocked_top_k`, which needs no torch.topk of all N). So it is never
-        slower than `gallery @ q` + a full sort, on any machine; faiss's flat
-        search lost to that on some (its single-query scan with one thread or all, its batched path on a loaded
-        machine: bench/bench_search.py). Equal scores are listed by position (a tie at the k-th score keeps any
-        of the tied rows). Batches that `_screens` are screened in bfloat16 first (`_screened_top_k`): the same
-        result, 2-3x faster at 1M images on 2 cores."""
+        then a partial selection (O(N) per query, not a sort of all N): for one query `single_top_k` (screened by
+        the maxima of groups of scores), the threaded `torch.topk` for several, or, when their scores exceed
+        `SCORE_BLOCK_BYTES`, the product and the selection block by block of the gallery (`blocked_top_k`, which
+        needs no torch.topk of all N). So it is never slower than `gallery @ q` + a full sort, on any machine;
+        faiss's flat search lost to that on some (its single-query scan with one thread or all, its batched path on
+        a loaded machine: bench/bench_search.py). Equal scores are listed by position (a tie at the k-th score
+        keeps any of the tied rows; one query keeps the first ones, as a stable sort does). Batches that
+        `_screens` are screened in bfloat16 first (`_screened_top_k`): the same result, 2-3x faster at 1M images
+        on 2 cores."""
         if self._screens(len(queries), k):
             return self._screened_top_k(queries, k)
         return self._float32_top_k(queries, k)
@@ -288,10 +292,9 @@ class GalleryIndex:
     def _float32_top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """`_exact_top_k` with every score in float32."""
         if len(queries) == 1:
-            scores = (self.embeds @ queries[0])[None]
-            top = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
-            top_scores = np.take_along_axis(scores, top, axis=1)
-        elif self._scored_in_gallery_blocks(len(queries)):
+            top_scores, top = single_top_k(self.embeds @ queries[0], k, SCORE_GROUP, SINGLE_GROUPED_MIN_IMAGES)
+            return top_scores[None], top[None]
+        if self._scored_in_gallery_blocks(len(queries)):
             block_rows = max(MIN_BLOCK_ROWS, SCORE_TILE_BYTES // (4 * len(queries)))
             top_scores, top = blocked_top_k(queries, self.embeds, k, block_rows, SCORE_GROUP)
         else:
@@ -424,6 +427,44 @@ def _group_max(scores: np.ndarray, group: int) -> np.ndarray:
         half = maxima.shape[1] // 2
         maxima = np.maximum(maxima[:, :half], maxima[:, half:])
     return maxima[:, 0]
+
+
+def single_top_k(scores: np.ndarray, k: int, group: int, grouped_from: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) `[k]` of the `k` best of one query's `scores` `[N]` (k <= N, no NaN), best first, equal
+    scores by position: exactly `np.argsort(-scores, kind="stable")[:k]`, in O(N) and without a selection over all N.
+
+    Why groups: `np.argpartition` of all 1M scores of a query cost ~1.3 ms, a few % of the matrix-vector product;
+    the maxima of groups of `group` scores (positions j, j + N/group, ...: one vectorised `max` over contiguous
+    rows) cost ~0.07 ms. The k-th best group maximum T is at most the k-th best score (k groups hold a score of at
+    least T), so every score of the top k, ties at the k-th score included, lies in a group whose maximum is at
+    least T (or in the last `N % group` scores, not grouped): only those scores are selected from. Galleries of
+    fewer than `grouped_from` scores, or fewer than k groups, select from all the scores."""
+    count = len(scores)
+    grouped = count - count % group
+    stride = grouped // group  # the number of groups
+    if count < grouped_from or stride < k:
+        return _top_k_by_score_then_position(scores, np.arange(count), k)
+    maxima = scores[:grouped].reshape(group, stride).max(axis=0)
+    threshold = np.partition(maxima, stride - k)[stride - k]
+    groups = np.flatnonzero(maxima >= threshold)
+    # ascending: the groups' first members, their second ones (each + stride), ..., then the ungrouped scores
+    candidates = np.concatenate([(groups + stride * np.arange(group)[:, None]).ravel(), np.arange(grouped, count)])
+    candidate_scores = scores[candidates]
+    kept = candidate_scores >= threshold
+    return _top_k_by_score_then_position(candidate_scores[kept], candidates[kept], k)
+
+
+def _top_k_by_score_then_position(scores: np.ndarray, positions: np.ndarray,
+                                  k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` best (score, position) pairs (k <= len; `positions` ascending), best score first, equal scores by
+    position, in O(len) and a sort of k: the scores above the k-th best, then the first of those equal to it."""
+    kth_best = np.partition(scores, len(scores) - k)[len(scores) - k]
+    above = np.flatnonzero(scores > kth_best)
+    tied = np.flatnonzero(scores == kth_best)[:k - len(above)]  # >= 1 of them: the k-th best is not above itself
+    chosen = np.concatenate([above, tied])
+    top_scores, top = scores[chosen], positions[chosen].astype(np.int64)
+    order = np.lexsort((top, -top_scores))
+    return top_scores[order], top[order]
 
 
 def blocked_top_k(queries: np.ndarray, gallery: np.ndarray, k: int, block_rows: int,

@@ -78,7 +78,7 @@ def test_one_query_and_blocks_of_many_find_the_exact_top_k_with_ties(monkeypatch
     queries = rng.integers(-3, 4, (25, 16)).astype(np.float32)
     all_scores = queries @ gallery.T
     index = GalleryIndex(gallery, [str(i) for i in range(300)])
-    one_by_one = [index.search(query, k=30) for query in queries]  # matrix-vector product + argpartition
+    one_by_one = [index.search(query, k=30) for query in queries]  # matrix-vector product + one selection
     assert_exact_top_k(np.concatenate([scores for scores, _ in one_by_one]),
                        np.concatenate([positions for _, positions in one_by_one]), all_scores)
     scores, positions = index.search(queries, k=30)  # matrix product + torch.topk
@@ -564,3 +564,63 @@ def test_screen_is_used_for_batches_on_large_galleries_only():
     assert not index._screens(1, 50) and not index._screens(15, 50) and not index._screens(256, 1025)
     small = GalleryIndex(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
     assert not small._screens(256, 2)
+
+
+def assert_stable_sort_top_k(found, scores: np.ndarray, k: int) -> None:
+    """`found` is exactly a full stable sort's top k of `scores`: the same rows in the same order, ties by position."""
+    expected = np.argsort(-scores, kind="stable")[:k]
+    found_scores, found_positions = found
+    assert found_positions.dtype == np.int64 and found_scores.dtype == scores.dtype
+    np.testing.assert_array_equal(found_positions, expected)
+    np.testing.assert_array_equal(found_scores, scores[expected])
+
+
+@pytest.mark.parametrize("size", [1, 7, 31, 32, 33, 1000, 1600, 1601, 3001, 20000, 65537])
+def test_single_top_k_equals_a_stable_full_sort(size):
+    from scot_search.index import single_top_k
+
+    rng = np.random.default_rng(size)
+    draws = {"uniform": rng.standard_normal(size).astype(np.float32),
+             "negative": -1 - rng.random(size).astype(np.float32),
+             "integers": rng.integers(-3, 4, size).astype(np.float32),  # every score ties with ~size / 7 others
+             "negative integers": -rng.integers(1, 4, size).astype(np.float32),
+             "equal": np.full(size, 0.25, np.float32)}
+    # sizes < 32 have no group; 1000 has 31 groups, fewer than k = 40, 50, 600; from 1600 on k = 50 has enough
+    ks = sorted({k for k in (1, 2, 10, 40, 50, 600, size // 2, size - 1, size) if 1 <= k <= size})
+    for scores in draws.values():
+        for k in ks:
+            for grouped_from in (0, 2**14):  # the group maxima wherever there are k groups; the default
+                assert_stable_sort_top_k(single_top_k(scores, k, 32, grouped_from), scores, k)
+
+
+def test_single_top_k_finds_ties_across_groups_and_in_the_ungrouped_tail():
+    from scot_search.index import single_top_k
+
+    # 3001 = 93 groups of 32 + 25 ungrouped: the best score sits once in the tail, in many groups, and at group starts
+    scores = np.zeros(3001, np.float32)
+    stride = 3001 // 32
+    scores[[3000, 2990, 5, 5 + stride, 5 + 31 * stride, 17, 0]] = 2.0
+    scores[[1, 2976]] = 3.0  # one in the last group, one in the tail's first column
+    found = single_top_k(scores, 5, 32, 0)
+    assert_stable_sort_top_k(found, scores, 5)
+    assert found[1].tolist() == [1, 2976, 0, 5, 17]
+    for k in (7, 9, 10, 100):  # the k-th best is 2.0, then 0.0: the lowest positions of each tie are kept
+        assert_stable_sort_top_k(single_top_k(scores, k, 32, 0), scores, k)
+
+
+def test_one_query_search_equals_a_stable_full_sort_with_ties():
+    # 20000 rows (above SINGLE_GROUPED_MIN_IMAGES: screened by group maxima) of small integers: every score exact
+    # whatever the order of summation, and equal to many others, also at the k-th score
+    rng = np.random.default_rng(11)
+    gallery = rng.integers(-3, 4, (20000, 16)).astype(np.float32)
+    gallery[19990:] = gallery[:10]  # equal rows at both ends
+    queries = np.concatenate([gallery[:2], rng.integers(-3, 4, (4, 16)).astype(np.float32)])
+    index = GalleryIndex(gallery, [str(i) for i in range(len(gallery))])
+    for query in queries:
+        scores = gallery.astype(np.float64) @ query.astype(np.float64)
+        for k in (1, 50, 600):
+            found_scores, found_positions = index.search(query, k)
+            assert found_scores.shape == found_positions.shape == (1, k)
+            np.testing.assert_array_equal(found_positions[0], np.argsort(-scores, kind="stable")[:k])
+            np.testing.assert_array_equal(found_scores[0], np.sort(scores)[::-1][:k].astype(np.float32))
+    assert index.search(queries[0], 2)[1].tolist() == [[0, 19990]]
