@@ -282,7 +282,8 @@ def _composer_facts(config: dict) -> dict:
     composer (Map-to-Compose) with K, its prompts, the mapping network and where stage 2's LoRA is."""
     if config.get("composer", "combiner") != "pseudo_word":
         return {"kind": "combiner", "name": "Combiner", "projection_dim": config.get("combiner_projection_dim"),
-                "hidden_dim": config.get("combiner_hidden_dim"), "dropout": config.get("combiner_dropout")}
+                "hidden_dim": config.get("combiner_hidden_dim"), "dropout": config.get("combiner_dropout"),
+                "image_anchor_weight": config.get("image_anchor_weight", 0.0)}
     depth = config.get("pseudo_word_mapping_depth")
     mapping = ("an MLP on the pooled image embedding (depth 0)" if depth == 0 else
                f"{depth} visual-semantic-injection block{'s' if depth != 1 else ''} (cross-attention over the pooled "

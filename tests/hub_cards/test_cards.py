@@ -167,6 +167,10 @@ def test_a_combiner_card_names_the_combiner(scot_folder):
             f"P = {config.combiner_projection_dim}, fusion width H = {config.combiner_hidden_dim}") in card.text
     assert "Map-to-Compose" not in card.text and "pseudo-word" not in card.text
     assert "map-to-compose" not in card.data.tags
+    assert "Image anchor" not in card.text  # β = 0: the paper's Combiner
+    config.image_anchor_weight = 0.5
+    anchored = render_model_card(config, model_name="scot-tiny-clip")
+    assert "Image anchor β = 0.5 (ours, not the paper's)" in anchored.text
 
 
 @pytest.mark.parametrize("folder_fixture", ["scot_folder", "pseudo_word_folder"])
