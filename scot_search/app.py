@@ -142,8 +142,9 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
         gallery = [(image, f"#{hit.rank} {hit.id} · {hit.score:.3f}") for image, hit in shown if image is not None]
         table = [[hit.rank, hit.id, round(hit.score, 4)] for hit in result.hits]
         weight = result.text_weight
+        anchor = "" if result.image_anchor_weight is None else f", image anchor β = **{result.image_anchor_weight:g}**"
         weights = "" if weight is None else (f"**Combiner weights:** text λ = **{weight:.2f}**, image 1 − λ = "
-                                             f"**{1 - weight:.2f}** · ")
+                                             f"**{1 - weight:.2f}**{anchor} · ")
         summary = f"{weights}top {len(result.hits)} of {len(index)} gallery images"
         return gallery, table, summary
 

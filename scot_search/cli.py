@@ -121,8 +121,10 @@ def run_index(args) -> dict:
 def format_table(result) -> str:
     lines = []
     if result.text_weight is not None:
+        anchor = ("" if result.image_anchor_weight is None
+                  else f", image anchor β = {result.image_anchor_weight:g}")
         lines.append(f"composed query: text weight λ = {result.text_weight:.3f}, image weight 1-λ = "
-                     f"{1 - result.text_weight:.3f}")
+                     f"{1 - result.text_weight:.3f}{anchor}")
     else:
         lines.append("composed query" if result.mode == "composed" else f"{result.mode}-only query")
     width = max([len("id"), *(len(hit.id) for hit in result.hits)])

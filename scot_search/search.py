@@ -47,11 +47,13 @@ class SearchHit:
 @dataclass
 class SearchResult:
     """Top-K of one query. `mode` is "composed", "image" or "text"; `text_weight` is the Combiner's λ (the weight
-    on the text embedding; 1 − λ on the image) for composed queries, else None."""
+    on the text embedding; 1 − λ on the image) for composed queries, else None; `image_anchor_weight` the
+    Combiner's image anchor β (`ScotConfig.image_anchor_weight`) when it has one, else None."""
 
     mode: str
     hits: list[SearchHit] = field(default_factory=list)
     text_weight: float | None = None
+    image_anchor_weight: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +143,7 @@ class GallerySearcher:
             raise ValueError(f"k must be at least 1, got {k}.")
         device, dtype = model_device_dtype(self.model)
         image_embeds = text_weight = None
+        anchor = 0.0
         with eval_mode(self.model):
             if image is not None:
                 pixels = self.processor(images=[load_query_image(image)], return_tensors="pt")["pixel_values"]
@@ -156,6 +159,7 @@ class GallerySearcher:
                 query_embeds, weight = self.model.get_composed_features(**image_side, **text_inputs,
                                                                         return_text_weight=True)
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
+                anchor = getattr(self.model.config, "image_anchor_weight", 0.0) if weight is not None else 0.0
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"
             else:
@@ -169,7 +173,7 @@ class GallerySearcher:
                     if float(self.index.embeds[position] @ reference) < SAME_IMAGE_COSINE]
         hits = [SearchHit(rank=rank, id=self.index.ids[position], score=score, path=self.index.paths[position],
                           row=self.index.rows[position]) for rank, (score, position) in enumerate(kept[:k], start=1)]
-        return SearchResult(mode=mode, hits=hits, text_weight=text_weight)
+        return SearchResult(mode=mode, hits=hits, text_weight=text_weight, image_anchor_weight=anchor or None)
 
     def hit_image(self, hit: SearchHit):
         """The decoded image of a hit (RGB PIL): its indexed file (folder galleries; only if it is still the file

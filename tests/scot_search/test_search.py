@@ -28,6 +28,33 @@ def test_composed_query_ranks_by_the_composed_embedding(searcher, gallery_folder
     assert [hit.rank for hit in result.hits] == [1, 2, 3, 4, 5]
     assert result.text_weight == pytest.approx(float(outputs.text_weight[0, 0]), abs=1e-6)
     assert 0 < result.text_weight < 1
+    assert result.image_anchor_weight is None  # β = 0: the paper's Combiner
+
+
+def test_an_anchored_combiner_ranks_by_its_anchored_query_and_says_so(gallery_index, gallery_folder):
+    from scot_search.cli import format_table
+
+    searcher = GallerySearcher.from_pretrained(gallery_index)  # its own model: the config is changed below
+    searcher.model.config.image_anchor_weight = 0.5
+    reference = gallery_folder / "round" / "circle-red.png"
+    result = searcher.query(image=str(reference), text="make it blue", k=11, exclude_reference=False)
+    with torch.no_grad():
+        inputs = searcher.processor(images=[Image.open(reference)], text=["make it blue"], return_tensors="pt")
+        searcher.model.config.image_anchor_weight = 0.0
+        plain = searcher.model(**inputs)
+        searcher.model.config.image_anchor_weight = 0.5
+    # every gallery image scores cos(composed, g) + 0.5 cos(image, g), up to one positive factor
+    fused = searcher.index.embeds @ (plain.composed_embeds[0] + 0.5 * plain.image_embeds[0]).numpy()
+    expected = [searcher.index.ids[i] for i in np.argsort(-fused, kind="stable")[:11]]
+    assert [hit.id for hit in result.hits] == expected
+    anchored = torch.nn.functional.normalize(plain.composed_embeds[0] + 0.5 * plain.image_embeds[0], dim=-1)
+    hit_rows = [searcher.index.ids.index(hit.id) for hit in result.hits]
+    np.testing.assert_allclose([hit.score for hit in result.hits], searcher.index.embeds[hit_rows] @ anchored.numpy(),
+                               atol=1e-5)
+    assert not np.allclose([hit.score for hit in result.hits],
+                           searcher.index.embeds[hit_rows] @ plain.composed_embeds[0].numpy(), atol=1e-3)
+    assert result.image_anchor_weight == 0.5
+    assert "image anchor β = 0.5" in format_table(result)
 
 
 def test_image_only_and_text_only_queries(searcher, gallery_folder):
