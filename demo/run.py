@@ -36,9 +36,10 @@ BENCHMARK_METRICS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rs
 # The Combiners the demo trains, same data and budget: method key (demo.report.METHOD_NAMES) -> (ScotConfig.loss_type,
 # ScotTrainingArguments.retrieved_image_weight, ScotConfig.image_anchor_weight). The default, `scot`, is the SCOT loss
 # with target mixing (half the loss towards the retrieved training image) and the image anchor β 0.5 (the composed
-# ranking fused with the image-only one): chosen on the triplets' validation probes, never on the benchmark
-# (docs/ablations.md). `scot_no_anchor` shows what the anchor changes; the paper's loss on text targets alone is
-# `scot_text_only`, two flags away. The split reading and InfoNCE with caption negatives are in `make ablations`.
+# ranking fused with the image-only one): its settings chosen on the triplets' validation probes, not on the
+# benchmark (docs/ablations.md, which also says how the anchor was found). `scot_no_anchor` shows what the anchor
+# changes; the paper's loss on text targets alone is `scot_text_only`, two flags away. The split reading and InfoNCE
+# with caption negatives are in `make ablations`.
 COMBINERS = {"scot": ("scot", 0.5, 0.5), "scot_no_anchor": ("scot", 0.5, 0.0), "scot_text_only": ("scot", 0.0, 0.0),
              "scot_infonce": ("infonce", 0.0, 0.0)}
 # The licences of the demo images, for the triplets' card
