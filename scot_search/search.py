@@ -143,7 +143,6 @@ class GallerySearcher:
             raise ValueError(f"k must be at least 1, got {k}.")
         device, dtype = model_device_dtype(self.model)
         image_embeds = text_weight = None
-        anchor = 0.0
         with eval_mode(self.model):
             if image is not None:
                 pixels = self.processor(images=[load_query_image(image)], return_tensors="pt")["pixel_values"]
@@ -159,7 +158,6 @@ class GallerySearcher:
                 query_embeds, weight = self.model.get_composed_features(**image_side, **text_inputs,
                                                                         return_text_weight=True)
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
-                anchor = getattr(self.model.config, "image_anchor_weight", 0.0) if weight is not None else 0.0
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"
             else:
@@ -173,6 +171,8 @@ class GallerySearcher:
                     if float(self.index.embeds[position] @ reference) < SAME_IMAGE_COSINE]
         hits = [SearchHit(rank=rank, id=self.index.ids[position], score=score, path=self.index.paths[position],
                           row=self.index.rows[position]) for rank, (score, position) in enumerate(kept[:k], start=1)]
+        # the anchor is the Combiner's (the one composer with a λ); β = 0 is no anchor
+        anchor = self.model.config.image_anchor_weight if text_weight is not None else 0.0
         return SearchResult(mode=mode, hits=hits, text_weight=text_weight, image_anchor_weight=anchor or None)
 
     def hit_image(self, hit: SearchHit):
