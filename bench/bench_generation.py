@@ -4,7 +4,7 @@
    and passed by the filters) for one prompt at a time through `generate` (the baseline, fp32), today's batched
    `generate` (`--engine transformers`, fp32), and the prefix-cached engine (`data_gen.fast_generation`: shared
    prompt prefix computed once, finished rows dropped) in fp32 and in the dtype it picks for this machine (bf16
-   where the CPU has AVX512-BF16/AMX). Each run says how many answers differ from the baseline's. Goal >= 5x.
+   on GPUs and CPUs with AMX). Each run says how many answers differ from the baseline's. Goal >= 5x.
    `--sweep` adds the prefix-cached engine at other batch sizes and with finished rows kept in the batch.
 2. Acceptance (parsed and kept by the filters) of the base model vs a LoRA-tuned one, on held-out seed captions.
    The LoRA is trained here on the other seed triplets (QLoRA: 4-bit NF4 base), unless --adapter is given.

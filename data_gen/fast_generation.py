@@ -27,11 +27,14 @@ from .models import load_causal_lm
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
+# /proc/cpuinfo flag of CPUs whose bf16 matmuls beat fp32 for SmolLM2's generation: AMX tiles. AVX512-BF16 alone is
+# not enough: on an AMD EPYC (Zen 4) with it and without AMX, bf16 decoded 86 tokens/s against fp32's 96
+# (bench/bench_generation.py --speed_only, 32 captions, batch 32), while on an AMX Xeon bf16 was twice fp32.
+CPU_BF16_FLAGS = ("amx_bf16",)
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch can use it (oneDNN)."""
+    """Whether this CPU multiplies bf16 fast enough to pay (AMX) and torch can use it (oneDNN)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -43,7 +46,7 @@ def cpu_has_bf16() -> bool:
 
 
 def generation_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on GPUs and CPUs that support it (2-3x faster than fp32 for SmolLM2 on an AVX512-BF16 CPU), else fp32."""
+    """bf16 on GPUs that support it and on CPUs with AMX (2x fp32's speed for SmolLM2 there), else fp32."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32

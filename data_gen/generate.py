@@ -146,6 +146,14 @@ def draw_kinds(seed: int, start: int, count: int) -> list[str]:
     return [order[position % len(order)] for position in range(start, start + count)]
 
 
+def retry_kind(seed: int, kind: str, attempt: int) -> str:
+    """The kind asked for on retry `attempt` (1, 2, ...) of a row first asked for `kind`: the kind `attempt` places
+    further along the run's shuffled order, so a retried row asks for another kind and the kinds stay balanced."""
+    order = list(KINDS_OF_CHANGE)
+    random.Random(f"kinds:{seed}").shuffle(order)
+    return order[(order.index(kind) + attempt) % len(order)]
+
+
 class KeptTriplet(NamedTuple):
     """One kept triplet: the input row, the generated texts, who wrote them and the kind of change (None: not known,
     the generator was not asked for a kind)."""
@@ -161,17 +169,22 @@ class TripletGenerator:
     """Prompts an engine for a list of captions, parses and filters the answers, falls back to templates.
 
     `engine=None` uses the template generator only. With `kinds`, each caption's prompt asks for a kind of change
-    (`generate`'s `kinds`, else a balanced draw). Returns kept triplets and the rejection counts.
+    (`generate`'s `kinds`, else a balanced draw), and a row whose answer is rejected is asked again up to `retries`
+    times, each time for another kind (`retry_kind`), before the templates are tried: under greedy decoding the same
+    prompt would give the same answer, another kind gives another one. Returns kept triplets and the rejection
+    counts (a retry's rejections under `retry_<reason>`).
     """
 
     def __init__(self, engine: TransformersEngine | VLLMEngine | None = None,
                  tokenizer: "PreTrainedTokenizerBase | None" = None, prompt_style: str = "one_step",
                  num_shots: int = 3, generator_name: str = "templates", triplet_filter: TripletFilter | None = None,
-                 fallback: str = "none", seed: int = 0, kinds: bool = False) -> None:
+                 fallback: str = "none", seed: int = 0, kinds: bool = False, retries: int = 0) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         if fallback not in ("none", "templates"):
             raise ValueError(f"fallback must be 'none' or 'templates', got {fallback!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
         self.engine = engine
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style
@@ -180,6 +193,8 @@ class TripletGenerator:
         self.filter = triplet_filter or TripletFilter()
         self.fallback = fallback
         self.kinds = kinds and engine is not None
+        self.retries = retries if self.kinds else 0  # without kinds a retry would repeat the prompt
+        self.seed = seed
         self.templates = TemplateGenerator(seed)
 
     def prompt(self, caption: str, step: str = "both", modification: str | None = None,
@@ -209,6 +224,13 @@ class TripletGenerator:
                 parsed[i] = answer
         return [answer.rejection or (answer.modification, answer.modified_caption) for answer in parsed]
 
+    def _checked_answers(self, rows: list[CaptionRow], seed: int,
+                         kinds: list[str | None]) -> list[tuple[str, str] | str]:
+        """[(modification, modified_caption) that passed the filter, or the reason it did not] per row."""
+        answers = self._llm_answers([row.caption for row in rows], seed, kinds)
+        return [answer if isinstance(answer, str) else (self.filter.check(row.caption, *answer) or answer)
+                for row, answer in zip(rows, answers)]
+
     def generate(self, rows: list[CaptionRow], seed: int = 0,
                  kinds: list[str] | None = None) -> tuple[list[KeptTriplet], RejectionCounter]:
         """Kept triplets and rejection counts for `rows`. `kinds`: the kind of change to ask for per row (only used
@@ -220,20 +242,30 @@ class TripletGenerator:
             kinds = draw_kinds(seed, 0, len(rows))
         elif len(kinds) != len(rows):
             raise ValueError(f"generate needs one kind per row: got {len(kinds)} kinds for {len(rows)} rows")
+        kinds = list(kinds)
         if self.engine is None:
-            answers = ["no_model"] * len(rows)
+            outcomes = ["no_model"] * len(rows)
         else:
-            answers = self._llm_answers([row.caption for row in rows], seed, kinds)
+            outcomes = self._checked_answers(rows, seed, kinds)
+            for attempt in range(1, self.retries + 1):
+                failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, str)]
+                if not failed:
+                    break
+                prefix = "retry_" if attempt > 1 else ""
+                for i in failed:
+                    rejections[prefix + outcomes[i]] += 1
+                for i in failed:
+                    kinds[i] = retry_kind(self.seed, kinds[i], 1)
+                retried = self._checked_answers([rows[i] for i in failed], seed + attempt, [kinds[i] for i in failed])
+                for i, outcome in zip(failed, retried):
+                    outcomes[i] = outcome
         kept = []
-        for row, answer, kind in zip(rows, answers, kinds):
-            if not isinstance(answer, str):
-                reason = self.filter.check(row.caption, *answer)
-                if reason is None:
-                    kept.append(KeptTriplet(row, *answer, self.generator_name, kind))
-                    continue
-                answer = reason
-            if self.engine is not None:
-                rejections[answer] += 1  # malformed or filtered model output: counted, never fatal
+        for row, outcome, kind in zip(rows, outcomes, kinds):
+            if not isinstance(outcome, str):
+                kept.append(KeptTriplet(row, *outcome, self.generator_name, kind))
+                continue
+            if self.engine is not None:  # malformed or filtered model output: counted, never fatal
+                rejections[("retry_" if self.retries else "") + outcome] += 1
             if self.engine is None or self.fallback == "templates":
                 template = self.templates.generate(row.caption)
                 reason = "no_rule" if template is None else self.filter.check(row.caption, *template[:2])
@@ -296,6 +328,10 @@ class GenerationArguments:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples with a per-shard seed."})
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling when temperature > 0."})
     seed: int = field(default=0, metadata={"help": "Seed: same seed, inputs and model → same dataset."})
+    retries: int = field(
+        default=0, metadata={"help": "Ask a row whose answer was rejected again, for another kind, up to N times "
+                                     "(with kinds only), before any fallback."}
+    )
     fallback: str = field(
         default="none", metadata={"help": "none | templates: rule-based triplet when the LLM answer is rejected."}
     )
@@ -375,7 +411,7 @@ def build_generator(args: GenerationArguments, device: torch.device) -> tuple[Tr
         name += f"+{os.path.basename(os.path.normpath(args.adapter))}"
     generator = TripletGenerator(
         engine, tokenizer, prompt_style, num_shots, name, fallback=args.fallback, seed=args.seed,
-        kinds=asks_for_kinds(args),
+        kinds=asks_for_kinds(args), retries=args.retries,
     )
     return generator, prompt_style, num_shots
 

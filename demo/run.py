@@ -7,8 +7,8 @@
 3. demo CIR benchmark: held-out stamps changed in five kinds of way (colour, count, an added object, background,
    orientation), one CIRR folder per kind, answers known by construction;
 4. triplets: SmolLM2-135M LoRA-tuned briefly on the seed triplets (eleven kinds of change) writes (modification,
-   modified caption) for `llm_rows` captions, each asked for a kind drawn so that none dominates; the rule-based
-   templates only where its answer is rejected -> scot-triplets/;
+   modified caption) for `llm_rows` distinct captions, each asked for a kind drawn so that none dominates, a rejected
+   answer asked once more for another kind; the rule-based templates only where both are rejected -> scot-triplets/;
 5. SCOT: the Combiner trained on cached embeddings with the SCOT loss, half of it towards the retrieved training
    image (target mixing), its output anchored to the reference image (the default) -> scot-demo/; and, to compare,
    the same without the anchor, the paper's loss on text targets alone and InfoNCE (same data and budget);
@@ -112,16 +112,22 @@ def build_benchmark(output_dir: Path, data_key: str) -> dict[str, Path]:
 
 
 def generation_inputs(data_dir: Path, output_dir: Path, llm_rows: int, seed: int = 0) -> Path:
-    """The rows the LLM writes triplets for, as one parquet folder: `llm_rows` of the demo training rows (all of them
-    when fewer), an equal share from each source so that no source dominates."""
+    """The rows the LLM writes triplets for, as one parquet folder: `llm_rows` of the demo training rows with distinct
+    captions (all of them when fewer), an equal share from each source so that no source dominates. Distinct first:
+    generation skips a repeated caption (the LLM would write the same triplet), so a repeat would waste a share."""
     from datasets import concatenate_datasets
 
+    from data_gen.prompts import normalize
     from demo.data import load_demo_dataset
 
     folder = output_dir / "generation-input" / "llm"
     if (folder / "rows.parquet").exists():
         return folder
     train = load_demo_dataset(data_dir)["train"].shuffle(seed=seed)
+    first_of_caption = {}
+    for index, caption in enumerate(train["caption"]):
+        first_of_caption.setdefault(normalize(caption), index)
+    train = train.select(sorted(first_of_caption.values()))
     by_source = {name: train.filter(lambda row, name=name: row["source"] == name)
                  for name in sorted(set(train["source"]))}
     # a source smaller than its share gives all its rows; the others share what it leaves
@@ -152,26 +158,28 @@ def generator_adapter(output_dir: Path, generator_steps: int) -> Path:
 def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows: int, generator_steps: int,
                   data_key: str) -> dict:
     """The LLM's triplets for `llm_rows` captions (each row asked for a kind of change, drawn so that none
-    dominates), the templates only where the LLM's answer is rejected, written to `triplets_dir` (one train split
-    under one card, what `load_dataset("scot-triplets")` reads); returns its statistics."""
+    dominates; a rejected answer asked once more, for another kind), the templates only where both are rejected,
+    written to `triplets_dir` (one train split under one card, what `load_dataset("scot-triplets")` reads); returns
+    its statistics."""
     from data_gen.dataset_io import merge_triplet_datasets
     from data_gen.generate import GenerationArguments, run_generation
 
     adapter = generator_adapter(output_dir, generator_steps)
-    key = f"{data_key}:{llm_rows}:{generator_steps}:kinds-v1"
+    key = f"{data_key}:{llm_rows}:{generator_steps}:kinds-v1:distinct:retries=1"
     for folder in ("generation-input", "triplets-llm"):
         if not fresh_folder(output_dir / folder, key):
             mark_fresh(output_dir / folder, key)
     llm_inputs = generation_inputs(data_dir, output_dir, llm_rows)
     llm_stats = run_generation(GenerationArguments(
         output_dir=str(output_dir / "triplets-llm"), dataset=str(llm_inputs), model="smollm2", adapter=str(adapter),
-        engine="prefix_cache", batch_size=32, max_new_tokens=40, fallback="templates", shard_size=400,
+        # batch 64: 1.5x the rows/s of batch 32 on 2 cores, and no slower than 128 (docs/data_gen.md)
+        engine="prefix_cache", batch_size=64, max_new_tokens=40, retries=1, fallback="templates", shard_size=400,
         source_name="demo",
         source_license=SOURCE_LICENSE))
     return merge_triplet_datasets(
         [output_dir / "triplets-llm"], triplets_dir, repo_or_folder="scot-triplets", pretty_name="SCOT demo triplets",
-        engine=f"SmolLM2-135M + LoRA (prefix-cached batches) for {llm_stats['input_rows']} rows, templates where its "
-               "answer was rejected")
+        engine=f"SmolLM2-135M + LoRA (prefix-cached batches) for {llm_stats['input_rows']} rows, a rejected answer "
+               "asked again for another kind, templates where both were rejected")
 
 
 # -- 5. SCOT ------------------------------------------------------------------------------------------------------

@@ -255,6 +255,43 @@ def test_generator_asks_each_row_for_its_kind_and_records_it():
         generator.generate(rows, kinds=["count"])
 
 
+def test_a_rejected_row_is_asked_again_for_another_kind_before_the_templates():
+    from data_gen.generate import retry_kind
+
+    prompts_seen = []
+
+    class KindEngine:  # answers well only when asked for a size change; otherwise repeats the caption
+        def complete(self, prompts, seed=0):
+            prompts_seen.extend(prompts)
+            return ["Modification: make the car bigger\nModified caption: a big red car on a road" if "size" in prompt
+                    else f"Modification: keep it\nModified caption: {prompt.split(' | ')[0]}" for prompt in prompts]
+
+    rows = [CaptionRow(str(i), "a red car on a road", i) for i in range(3)]
+    first_kinds = ["size", "count", "colour"]
+    generator = TripletGenerator(KindEngine(), tokenizer=None, generator_name="kind", kinds=True, retries=1,
+                                 fallback="templates")
+    generator.prompt = lambda caption, step, modification, kind: f"{caption} | {kind}"
+    count_retry = retry_kind(0, "count", 1)
+    assert count_retry != "count"
+    kept, rejections = generator.generate(rows, kinds=first_kinds)
+    # the first pass asks every row once; the retry asks only the two rejected rows, each for the next kind
+    assert prompts_seen == [f"a red car on a road | {kind}" for kind in first_kinds] + [
+        f"a red car on a road | {retry_kind(0, kind, 1)}" for kind in ("count", "colour")]
+    by_id = {triplet.row.id: triplet for triplet in kept}
+    assert by_id["0"].generator == "kind" and by_id["0"].kind == "size"
+    retried_ok = [str(i) for i, kind in ((1, "count"), (2, "colour")) if retry_kind(0, kind, 1) == "size"]
+    for row_id in retried_ok:  # a retry that drew "size" is kept, under the kind it was asked for
+        assert by_id[row_id].generator == "kind" and by_id[row_id].kind == "size"
+    for row_id in {"1", "2"} - set(retried_ok):  # the others fall back to the templates after their retry
+        assert by_id[row_id].generator == "templates"
+    assert rejections["same_as_caption"] == 2  # first answers
+    assert rejections["retry_same_as_caption"] == 2 - len(retried_ok)
+    without_kinds = TripletGenerator(KindEngine(), tokenizer=None, kinds=False, retries=1)
+    assert without_kinds.retries == 0  # the same prompt again would give the same greedy answer
+    with pytest.raises(ValueError, match="retries"):
+        TripletGenerator(KindEngine(), tokenizer=None, kinds=True, retries=-1)
+
+
 def test_generated_rows_have_a_kind_column_and_the_card_counts_them(image_folder, tiny_llm, tmp_path):
     from data_gen.prompts import KINDS_OF_CHANGE
 
