@@ -1,4 +1,6 @@
-"""Kept rate of tuned generators on held-out seed captions, with and without the `change_not_shown` filter.
+"""Kept rate of tuned generators on held-out seed captions, with and without the `change_not_shown` filter. Each
+adapter runs on the base model it was tuned on (SmolLM2, or another GGUF/hub model given to `data_gen.finetune
+--model`).
 
 The held-out captions are those `data_gen.finetune --held_out_fraction F` keeps out (same split: `split_triplets`
 with seed 0 over the packaged seed triplets). `--exclude_captions FILE` drops the captions of another seed file (an
@@ -28,10 +30,19 @@ from data_gen.prompts import TripletFilter, change_shown, normalize
 from data_gen.sources import CaptionRow
 
 
+def base_model(adapter: str) -> str:
+    """The base model an adapter was tuned on (peft records it: for a GGUF base, the dequantised folder), where it
+    is on this machine; else the packaged SmolLM2."""
+    with open(os.path.join(adapter, "adapter_config.json")) as handle:
+        recorded = json.load(handle).get("base_model_name_or_path")
+    return recorded if recorded and os.path.isfile(os.path.join(recorded, "config.json")) else "smollm2"
+
+
 def kept_rate(name: str, adapter: str, captions: list[str], max_new_tokens: int, batch_size: int) -> dict:
     prompt_config = read_prompt_config(adapter) or {}
-    tokenizer = load_tokenizer("smollm2")
-    engine = load_prefix_cached_engine("smollm2", tokenizer, torch.device("cpu"), adapter=adapter,
+    model = base_model(adapter)
+    tokenizer = load_tokenizer(model)
+    engine = load_prefix_cached_engine(model, tokenizer, torch.device("cpu"), adapter=adapter,
                                        batch_size=batch_size, max_new_tokens=max_new_tokens)
     # The filters before `change_not_shown`: what was kept before, and which of those the new check rejects.
     generator = TripletGenerator(engine, tokenizer, prompt_config.get("prompt_style", "one_step"),
@@ -46,6 +57,7 @@ def kept_rate(name: str, adapter: str, captions: list[str], max_new_tokens: int,
                                                          triplet.modified_caption)]
     return {
         "generator": name,
+        "base_model": model,
         "adapter": adapter,
         "prompt_config": prompt_config,
         "captions": len(rows),
