@@ -141,17 +141,22 @@ def draw_kinds(seed: int, start: int, count: int) -> list[str]:
     """The kinds of change asked for rows `start .. start + count - 1` of a run: round-robin over `KINDS_OF_CHANGE`
     shuffled once with `seed`. Every kind comes up equally often (within one over any stretch of rows), and a row's
     kind depends only on its position and the seed."""
-    order = list(KINDS_OF_CHANGE)
-    random.Random(f"kinds:{seed}").shuffle(order)
+    order = _kind_order(seed)
     return [order[position % len(order)] for position in range(start, start + count)]
 
 
 def retry_kind(seed: int, kind: str, attempt: int) -> str:
     """The kind asked for on retry `attempt` (1, 2, ...) of a row first asked for `kind`: the kind `attempt` places
     further along the run's shuffled order, so a retried row asks for another kind and the kinds stay balanced."""
+    order = _kind_order(seed)
+    return order[(order.index(kind) + attempt) % len(order)]
+
+
+def _kind_order(seed: int) -> list[str]:
+    """`KINDS_OF_CHANGE` shuffled once with `seed`: the order a run draws kinds in."""
     order = list(KINDS_OF_CHANGE)
     random.Random(f"kinds:{seed}").shuffle(order)
-    return order[(order.index(kind) + attempt) % len(order)]
+    return order
 
 
 class KeptTriplet(NamedTuple):
@@ -254,8 +259,7 @@ class TripletGenerator:
                 prefix = "retry_" if attempt > 1 else ""
                 for i in failed:
                     rejections[prefix + outcomes[i]] += 1
-                for i in failed:
-                    kinds[i] = retry_kind(self.seed, kinds[i], 1)
+                    kinds[i] = retry_kind(self.seed, kinds[i], 1)  # one further along from the kind just asked
                 retried = self._checked_answers([rows[i] for i in failed], seed + attempt, [kinds[i] for i in failed])
                 for i, outcome in zip(failed, retried):
                     outcomes[i] = outcome
