@@ -211,7 +211,13 @@ def finetune(args: FinetuneArguments) -> "SFTTrainer":
         peft_config=peft_config,
     )
     trainer.train()
-    trainer.save_model(args.output_dir)  # the adapter only (and the tokenizer)
+    if trainer.args.should_save:
+        # The adapter only, and the tokenizer; not `trainer.save_model`, which also pickles the arguments
+        # (training_args.bin): they are kept as JSON instead, so nothing in the folder needs unpickling
+        trainer.model.save_pretrained(args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
+        with open(os.path.join(args.output_dir, "training_args.json"), "w") as handle:
+            handle.write(training_args.to_json_string())
 
     with open(os.path.join(args.output_dir, PROMPT_CONFIG_NAME), "w") as handle:
         # "kinds": whether the prompts asked for a kind of change (only true when some training triplet had one)

@@ -9,8 +9,8 @@ metrics) and `{output_dir}/ablations/ablations.md` (the tables docs/ablations.md
 
 The search, the same for each variant (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the
 variant's own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin 0.2 / 0.5; target
-mixing: the retrieved-image weight 0.25 / 0.5; the image anchor: β 0.5 / 1.0, the other settings fixed as
-`VARIANTS` says), 4 settings each. The selection metric, the same for every variant
+mixing: the retrieved-image weight 0.25 / 0.5; the image anchor: β 0.5 / 1.0; the image retrieved by caption and
+reference: its reference weight 0.5 / 1.0, the other settings fixed as `VARIANTS` says), 4 settings each. The selection metric, the same for every variant
 whatever its target, is `probe_R@1` on the 5% validation slice of the triplets, which `ScotTrainer` logs: the mean
 of composed → modified caption and composed → retrieved training image recall@1. Every searched setting is also
 evaluated on every kind of the benchmark (reported, never used to select); the selected settings of the default
@@ -32,9 +32,14 @@ logger = logging.getLogger("demo.ablations")
 # The variants compared: name -> (loss_type, target, knob searched, settings fixed). The SCOT paper's Table 3 is
 # "scot+text" vs "scot+retrieved_image"; "scot+text+image" is target mixing (`retrieved_image_weight`); "+anchor"
 # adds the image anchor (`ScotConfig.image_anchor_weight` β: the composed ranking fused with the image-only one);
-# "scot+text+image+anchor" is the demo's default.
+# "scot+text+image+anchor" is the demo's default. "image_ref": the mixing target is the training image retrieved by
+# the modified caption *and* the reference (`DataArguments.retrieval_reference_weight` w: z-scored cosines).
 VARIANTS = {
     "scot+text+image+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {"retrieved_image_weight": 0.5}),
+    "scot+text+image_ref+anchor": ("scot", "text", ("retrieval_reference_weight", (0.5, 1.0)),
+                                   {"retrieved_image_weight": 0.5, "image_anchor_weight": 0.5}),
+    "scot+text+image_ref": ("scot", "text", ("retrieval_reference_weight", (0.5, 1.0)),
+                            {"retrieved_image_weight": 0.5}),
     "scot+text+image": ("scot", "text", ("retrieved_image_weight", (0.25, 0.5)), {}),
     "scot+text+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {}),
     "scot+text": ("scot", "text", ("margin", (0.2, 0.5)), {}),
@@ -91,7 +96,7 @@ def train_combiner(args: AblationArguments, loss_type: str, target: str, setting
         ModelArguments(model_name_or_path=str(Path(args.output_dir) / "backbone"), text_pooling="mean",
                        loss_type=loss_type, **model_settings),
         DataArguments(eval_fraction=0.05, embedding_cache_dir=str(Path(args.output_dir) / "embedding-cache"),
-                      target=target),
+                      target=target, retrieval_reference_weight=setting.get("retrieval_reference_weight", 0.0)),
         ScotTrainingArguments(output_dir=str(run_dir), dataset_name=args.triplets_dir,
                               per_device_train_batch_size=256, per_device_eval_batch_size=256,
                               num_train_epochs=setting["num_train_epochs"], learning_rate=setting["learning_rate"],
@@ -204,7 +209,8 @@ def format_report(results: dict) -> str:
 
 def _setting(setting: dict) -> str:
     short = {"num_train_epochs": "ep", "learning_rate": "lr", "margin": "margin", "infonce_temperature": "τ",
-             "retrieved_image_weight": "image weight", "image_anchor_weight": "anchor β"}
+             "retrieved_image_weight": "image weight", "image_anchor_weight": "anchor β",
+             "retrieval_reference_weight": "reference weight"}
     return ", ".join(f"{short[key]} {value:g}" for key, value in setting.items())
 
 

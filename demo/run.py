@@ -345,7 +345,8 @@ def run_demo(args: DemoArguments) -> dict:
     started, output_dir, triplets_dir = time.perf_counter(), Path(args.output_dir), Path(args.triplets_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     t = stage("1/6 demo data (Debian packages -> captioned images)")
-    data_stats = build_demo_dataset(output_dir / "data")
+    # emoji sequences too (skin tones, genders, hair, professions, families, flags: CLDR names), issue 13
+    data_stats = build_demo_dataset(output_dir / "data", emoji_sequences=True)
     data_key = data_stats["fingerprint"]
     _done(t, f"{output_dir / 'data'}: {json.dumps(data_stats.get('rows', data_stats), default=str)[:300]}")
 

@@ -145,8 +145,8 @@ class EmbeddingCache:
         return {reason: self.manifest["skipped"].get(reason, 0) for reason in SKIP_REASONS}
 
     def as_dataset(self, target: str = "text", target_gallery: "EmbeddingCache | None" = None,
-                   with_probes: bool = False) -> "CachedTripletDataset":
-        return CachedTripletDataset(self, target, target_gallery, with_probes)
+                   with_probes: bool = False, reference_weight: float = 0.0) -> "CachedTripletDataset":
+        return CachedTripletDataset(self, target, target_gallery, with_probes, reference_weight)
 
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingCache":
@@ -276,19 +276,36 @@ TARGETS = ("text", "text_gap", "retrieved_image")
 SAME_IMAGE_COSINE = 0.9999
 
 
+def _standardised(scores: torch.Tensor) -> torch.Tensor:
+    """Each row's scores as z-scores over the gallery, so that text-image and image-image cosines (whose spreads
+    differ several-fold) can be added."""
+    return (scores - scores.mean(dim=1, keepdim=True)) / scores.std(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 def retrieved_image_targets(modified_caption_embeds: torch.Tensor, reference_embeds: torch.Tensor,
-                            gallery_embeds: torch.Tensor, block_size: int = 4096) -> torch.Tensor:
+                            gallery_embeds: torch.Tensor, reference_weight: float = 0.0,
+                            block_size: int = 4096) -> torch.Tensor:
     """`[R]` indices into `gallery_embeds` `[G, d]`: for each row, the gallery image nearest (cosine) to its modified
-    caption's text embedding, leaving out the row's reference image and its copies. All inputs L2-normalised."""
+    caption's text embedding, leaving out the row's reference image and its copies. All inputs L2-normalised.
+
+    With `reference_weight` w > 0 (ours, not the paper's), the image chosen is instead the one that best matches both
+    the modified caption and the reference: the highest z(cos(T_u, g)) + w·z(cos(V, g)), each cosine standardised
+    over the gallery. A change the encoder does not see leaves cos(T_u, ·) flat among lookalikes, and the reference's
+    nearest neighbour wins: the target then says "stay at the image" instead of pointing at an unrelated picture that
+    merely matches the caption's words. w = 0 is the plain nearest image (z-scoring keeps each row's order)."""
     if len(gallery_embeds) < 2:
         raise ValueError("Retrieved-image targets need a gallery of at least two training images.")
+    if reference_weight < 0:
+        raise ValueError(f"reference_weight must be >= 0, got {reference_weight}.")
     targets = torch.empty(len(modified_caption_embeds), dtype=torch.long)
     gallery = gallery_embeds.float()
     for start in range(0, len(modified_caption_embeds), block_size):
         stop = start + block_size
         scores = modified_caption_embeds[start:stop].float() @ gallery.T
-        is_reference = reference_embeds[start:stop].float() @ gallery.T > SAME_IMAGE_COSINE
-        targets[start:stop] = scores.masked_fill(is_reference, float("-inf")).argmax(dim=1)
+        image_scores = reference_embeds[start:stop].float() @ gallery.T
+        if reference_weight > 0:
+            scores = _standardised(scores) + reference_weight * _standardised(image_scores)
+        targets[start:stop] = scores.masked_fill(image_scores > SAME_IMAGE_COSINE, float("-inf")).argmax(dim=1)
     return targets
 
 
@@ -308,20 +325,26 @@ class CachedTripletDataset(torch.utils.data.Dataset):
 
     With `with_probes`, each row also carries the two target-independent probes `ScotTrainer`'s evaluation ranks:
     `probe_caption_embeds` (the modified caption's text embedding) and `probe_image_embeds` (the retrieved image,
-    as above); with `ScotTrainingArguments.retrieved_image_weight > 0` training reads the latter too."""
+    as above), and `retrieved_image_embeds`, what `ScotTrainingArguments.retrieved_image_weight > 0` trains towards:
+    the same image, or with `reference_weight` > 0 the one retrieved by caption and reference together
+    (`retrieved_image_targets`; also what `target="retrieved_image"` then holds). The probes never change with
+    `reference_weight`, so that runs with different targets are compared on the same probes."""
 
     def __init__(self, cache: EmbeddingCache, target: str = "text", target_gallery: EmbeddingCache | None = None,
-                 with_probes: bool = False):
+                 with_probes: bool = False, reference_weight: float = 0.0):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
         self.cache = cache
         self.target_embeds = None
-        self.retrieved_embeds = None
+        self.probe_embeds = self.retrieved_embeds = None
         rows, gallery = cache.row_indices, target_gallery or cache
-        modified = cache.text_embeds[rows["modified_caption"]]
+        modified, references = cache.text_embeds[rows["modified_caption"]], cache.image_embeds[rows["image"]]
         if target == "retrieved_image" or with_probes:
-            chosen = retrieved_image_targets(modified, cache.image_embeds[rows["image"]], gallery.image_embeds)
-            self.retrieved_embeds = gallery.image_embeds[chosen]
+            chosen = retrieved_image_targets(modified, references, gallery.image_embeds)
+            self.probe_embeds = self.retrieved_embeds = gallery.image_embeds[chosen]
+            if reference_weight > 0:
+                chosen = retrieved_image_targets(modified, references, gallery.image_embeds, reference_weight)
+                self.retrieved_embeds = gallery.image_embeds[chosen]
         if target == "retrieved_image":
             self.target_embeds = self.retrieved_embeds
         elif target == "text_gap":
@@ -342,5 +365,6 @@ class CachedTripletDataset(torch.utils.data.Dataset):
         }
         if self.with_probes:
             item["probe_caption_embeds"] = modified_caption
-            item["probe_image_embeds"] = self.retrieved_embeds[index]
+            item["probe_image_embeds"] = self.probe_embeds[index]
+            item["retrieved_image_embeds"] = self.retrieved_embeds[index]
         return item

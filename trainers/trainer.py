@@ -234,9 +234,9 @@ class ScotTrainer(Trainer):
         loss = loss_fn(config, composed, modified, captions)
         if weight == 0:
             return loss
-        if "probe_image_embeds" not in inputs:
+        if "retrieved_image_embeds" not in inputs:
             raise ValueError("retrieved_image_weight > 0 needs retrieved-image targets: train on the embedding cache.")
-        return (1 - weight) * loss + weight * loss_fn(config, composed, inputs["probe_image_embeds"], captions)
+        return (1 - weight) * loss + weight * loss_fn(config, composed, inputs["retrieved_image_embeds"], captions)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         composed, modified, captions = self._embed_batch(model, inputs)

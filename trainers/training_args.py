@@ -95,12 +95,19 @@ class DataArguments:
                 "'text_gap', the same moved by the training set's mean image - mean text embedding (the modality "
                 "gap); or 'retrieved_image', the training image nearest to it, the reference excluded (the paper's "
                 "Table 3 comparison). The last two need the embedding cache."})
+    retrieval_reference_weight: float = field(default=0.0, metadata={
+        "help": "Ours, not the paper's: with w > 0 the retrieved training image (of target 'retrieved_image' and of "
+                "target mixing) is the one best matching both the modified caption and the reference, the highest "
+                "z(cos(caption, g)) + w z(cos(reference, g)); 0, the nearest image to the caption. The validation "
+                "probes keep w = 0."})
 
     def __post_init__(self):
         from trainers.embedding_cache import TARGETS
 
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
+        if self.retrieval_reference_weight < 0:
+            raise ValueError(f"retrieval_reference_weight must be >= 0, got {self.retrieval_reference_weight}.")
 
 
 @dataclass

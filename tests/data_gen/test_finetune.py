@@ -61,8 +61,10 @@ def test_qlora_finetune_then_generate_then_load_dataset(tiny_llm, image_folder, 
         "--prompt_style", "two_step", "--held_out_fraction", "0.1", "--merge", "--load_in_4bit",
     ])  # fmt: skip
     assert {
-        "adapter_config.json", "adapter_model.safetensors", "data_gen_prompt.json", "held_out.jsonl"
+        "adapter_config.json", "adapter_model.safetensors", "data_gen_prompt.json", "held_out.jsonl",
+        "training_args.json", "tokenizer_config.json",
     } <= set(os.listdir(adapter))
+    assert not [name for name in os.listdir(adapter) if name.endswith((".bin", ".pt", ".pkl"))]  # nothing pickled
     prompt_config = json.load(open(adapter / "data_gen_prompt.json"))
     assert prompt_config["prompt_style"] == "two_step" and prompt_config["kinds"] is True  # the seeds have kinds
     assert len(open(adapter / "held_out.jsonl").readlines()) == 4

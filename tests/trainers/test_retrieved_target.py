@@ -26,6 +26,40 @@ def test_the_nearest_image_to_the_modified_caption_is_chosen_and_the_reference_l
     assert retrieved_image_targets(modified, references, GALLERY).tolist() == [1, 0, 1]
 
 
+# 4-d: a red kangaroo (the reference), its mirror image and its blue tint (both lookalikes), and two unrelated
+# pictures, one of them a road sign the words "facing left" match.
+KANGAROO, MIRRORED, BLUE = _unit(1.0, 0.0, 0.0, 0.0), _unit(0.95, 0.3, 0.0, 0.0), _unit(0.9, 0.0, 0.45, 0.0)
+OTHER, LEFT_SIGN = _unit(0.0, 0.1, 0.2, 1.0), _unit(0.0, 0.3, 0.0, 1.0)
+KANGAROO_GALLERY = torch.stack([KANGAROO, MIRRORED, BLUE, OTHER, LEFT_SIGN])
+FACING_LEFT, BLUE_KANGAROO = _unit(0.3, 0.2, 0.0, 1.0), _unit(0.5, 0.0, 1.0, 0.0)  # modified captions
+
+
+def test_weighing_the_reference_keeps_the_lookalike_where_the_encoder_does_not_see_the_change():
+    modified, references = torch.stack([FACING_LEFT, BLUE_KANGAROO]), torch.stack([KANGAROO, KANGAROO])
+    # by the caption alone "facing left" lands on the road sign (the encoder does not ground orientation) ...
+    assert retrieved_image_targets(modified, references, KANGAROO_GALLERY).tolist() == [4, 2]
+    # ... by caption and reference together on the mirrored kangaroo; a change it sees (blue) keeps its image
+    assert retrieved_image_targets(modified, references, KANGAROO_GALLERY, reference_weight=1.0).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="reference_weight"):
+        retrieved_image_targets(modified, references, KANGAROO_GALLERY, reference_weight=-1.0)
+
+
+def test_the_reference_weight_moves_the_training_target_and_never_the_probe():
+    text = torch.stack([FACING_LEFT, _unit(0.0, 0.0, 0.0, 1.0), _unit(1.0, 0.0, 0.0, 0.0)])  # T_u, T_m, T
+    rows = {name: torch.tensor([index]) for name, index in
+            (("image", 0), ("modified_caption", 0), ("modification", 1), ("caption", 2))}
+    cache = EmbeddingCache(None, KANGAROO_GALLERY, text, rows, {"skipped": {}})
+    plain = CachedTripletDataset(cache, with_probes=True)[0]
+    weighted = CachedTripletDataset(cache, with_probes=True, reference_weight=1.0)[0]
+    assert torch.equal(plain["retrieved_image_embeds"], LEFT_SIGN) and torch.equal(plain["probe_image_embeds"], LEFT_SIGN)
+    assert torch.equal(weighted["retrieved_image_embeds"], MIRRORED)
+    assert torch.equal(weighted["probe_image_embeds"], LEFT_SIGN)
+    target = CachedTripletDataset(cache, target="retrieved_image", reference_weight=1.0)[0]["modified_caption_embeds"]
+    assert torch.equal(target, MIRRORED)
+    with pytest.raises(ValueError, match="retrieval_reference_weight"):
+        DataArguments(retrieval_reference_weight=-0.5)
+
+
 def test_a_gallery_of_one_image_is_refused():
     with pytest.raises(ValueError, match="at least two"):
         retrieved_image_targets(RED_HAT[None], RED_HAT[None], RED_HAT[None])
@@ -85,7 +119,7 @@ def test_target_mixing_weighs_the_text_and_the_retrieved_image_losses():
     trainer = ScotTrainer.__new__(ScotTrainer)  # only `args` is read by the loss mixing
     trainer.args = ScotTrainingArguments(output_dir="unused", retrieved_image_weight=0.25, report_to="none")
     mixed = trainer._mixed_loss(compute_scot_loss, config, composed, targets, captions,
-                                {"probe_image_embeds": images})
+                                {"retrieved_image_embeds": images})
     expected = (0.75 * compute_scot_loss(config, composed, targets, captions)
                 + 0.25 * compute_scot_loss(config, composed, images, captions))
     torch.testing.assert_close(mixed, expected)
