@@ -10,9 +10,10 @@ metrics) and `{output_dir}/ablations/ablations.md` (the tables docs/ablations.md
 The search, the same for each variant (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the
 variant's own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin 0.2 / 0.5; target
 mixing: the retrieved-image weight 0.25 / 0.5; the image anchor: β 0.5 / 1.0; the image retrieved by caption and
-reference: its reference weight 0.5 / 1.0, the other settings fixed as `VARIANTS` says), 4 settings each. The selection metric, the same for every variant
-whatever its target, is `probe_R@1` on the 5% validation slice of the triplets, which `ScotTrainer` logs: the mean
-of composed → modified caption and composed → retrieved training image recall@1. Every searched setting is also
+reference: its reference weight 0.5 / 1.0, the other settings fixed as `VARIANTS` says), 4 settings each. The
+selection metric, the same for every variant whatever its target, is `probe_R@1` on the 5% validation slice of the
+triplets, which `ScotTrainer` logs: the mean of composed → modified caption and composed → retrieved training image
+recall@1 (the image nearest to the caption alone, whatever the variant's own retrieval). Every searched setting is also
 evaluated on every kind of the benchmark (reported, never used to select); the selected settings of the default
 (target mixing with the image anchor) and of the paper's loss on text targets are retrained with each seed for the
 spread.

@@ -19,8 +19,9 @@ METHOD_NAMES = {
     "image": "Image only (reference image embedding)",
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
-    "scot": "SCOT (Combiner, SCOT loss, text + retrieved-image targets, image anchor)",
-    "scot_no_anchor": "Combiner, SCOT loss, text + retrieved-image targets, no image anchor",
+    "scot": "SCOT (Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor)",
+    "scot_caption_retrieval": "Combiner, SCOT loss, text + image targets retrieved by caption alone, image anchor",
+    "scot_no_anchor": "Combiner, SCOT loss, text + image targets retrieved by caption and reference, no anchor",
     "scot_text_only": "Combiner, SCOT loss on text targets only (the paper's Eq. 4-9)",
     "scot_infonce": "Combiner trained with InfoNCE instead",
 }

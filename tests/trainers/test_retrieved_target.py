@@ -51,7 +51,8 @@ def test_the_reference_weight_moves_the_training_target_and_never_the_probe():
     cache = EmbeddingCache(None, KANGAROO_GALLERY, text, rows, {"skipped": {}})
     plain = CachedTripletDataset(cache, with_probes=True)[0]
     weighted = CachedTripletDataset(cache, with_probes=True, reference_weight=1.0)[0]
-    assert torch.equal(plain["retrieved_image_embeds"], LEFT_SIGN) and torch.equal(plain["probe_image_embeds"], LEFT_SIGN)
+    assert torch.equal(plain["retrieved_image_embeds"], LEFT_SIGN)
+    assert torch.equal(plain["probe_image_embeds"], LEFT_SIGN)
     assert torch.equal(weighted["retrieved_image_embeds"], MIRRORED)
     assert torch.equal(weighted["probe_image_embeds"], LEFT_SIGN)
     target = CachedTripletDataset(cache, target="retrieved_image", reference_weight=1.0)[0]["modified_caption_embeds"]
