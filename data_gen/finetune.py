@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from scot_core.io import atomic_write_text
+
 from .models import PROMPT_CONFIG_NAME, _dequantized_gguf_folder, load_causal_lm, load_tokenizer, resolve_model
 from .prompts import PROMPT_STYLES, TripletFilter, build_messages, check_kind, render_prompt, target_text
 from .sources import read_json_lines
@@ -216,8 +218,7 @@ def finetune(args: FinetuneArguments) -> "SFTTrainer":
         # (training_args.bin): they are kept as JSON instead, so nothing in the folder needs unpickling
         trainer.model.save_pretrained(args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
-        with open(os.path.join(args.output_dir, "training_args.json"), "w") as handle:
-            handle.write(training_args.to_json_string())
+        atomic_write_text(os.path.join(args.output_dir, "training_args.json"), training_args.to_json_string())
 
     with open(os.path.join(args.output_dir, PROMPT_CONFIG_NAME), "w") as handle:
         # "kinds": whether the prompts asked for a kind of change (only true when some training triplet had one)

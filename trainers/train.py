@@ -250,11 +250,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
             eval_cache = (_cached_rows(model, processor, eval_rows, columns, data_args, eval_name)
                           if eval_rows is not None else None)
         # image-derived targets of both splits come from the training images, as a user's gallery would
-        retrieval = {"reference_weight": data_args.retrieval_reference_weight}
-        train_dataset = train_cache.as_dataset(data_args.target,
-                                               with_probes=training_args.retrieved_image_weight > 0, **retrieval)
+        reference_weight = data_args.retrieval_reference_weight
+        train_dataset = train_cache.as_dataset(data_args.target, with_probes=training_args.retrieved_image_weight > 0,
+                                               reference_weight=reference_weight)
         eval_dataset = (eval_cache.as_dataset(data_args.target, target_gallery=train_cache, with_probes=True,
-                                              **retrieval)
+                                              reference_weight=reference_weight)
                         if eval_cache is not None else None)
         data_collator = None  # rows are tensors already: the default collator stacks them
     else:
@@ -322,13 +322,13 @@ def _build_pseudo_word_trainer(model, processor, train: tuple, held_out: tuple, 
         set_seed(training_args.seed)
         model.add_composer_adapters()
         model.to(training_args.device)  # the new adapter weights are created on the CPU
-    retrieval = {"reference_weight": data_args.retrieval_reference_weight}
+    reference_weight = data_args.retrieval_reference_weight
     train_dataset = CachedComposingDataset.from_cache(
         train_cache, train_rows, columns.modification, target=data_args.target,
-        with_probes=training_args.retrieved_image_weight > 0, **retrieval)
+        with_probes=training_args.retrieved_image_weight > 0, reference_weight=reference_weight)
     eval_dataset = (CachedComposingDataset.from_cache(eval_cache, eval_rows, columns.modification,
                                                       target=data_args.target, target_gallery=train_cache,
-                                                      with_probes=True, **retrieval)
+                                                      with_probes=True, reference_weight=reference_weight)
                     if eval_cache is not None else None)
     return PseudoWordComposingTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                       eval_dataset=eval_dataset, data_collator=ModificationCollator(processor),
