@@ -10,7 +10,8 @@ metrics) and `{output_dir}/ablations/ablations.md` (the tables docs/ablations.md
 The search, the same for each variant (`grid`): epochs {8, 40} x learning rate (the paper's 1e-4 by default) x the
 variant's own knob (InfoNCE: temperature 0.01 / 0.05; SCOT and its split reading: the margin 0.2 / 0.5; target
 mixing: the retrieved-image weight 0.25 / 0.5; the image anchor: β 0.5 / 1.0; the image retrieved by caption and
-reference: its reference weight 0.5 / 1.0, the other settings fixed as `VARIANTS` says), 4 settings each. The
+reference: its reference weight 0.5 / 1.0; the image floor: μ 1 / 4, the other settings fixed as `VARIANTS` says),
+4 settings each. The
 selection metric, the same for every variant whatever its target, is `probe_R@1` on the 5% validation slice of the
 triplets, which `ScotTrainer` logs: the mean of composed → modified caption and composed → retrieved training image
 recall@1 (the image nearest to the caption alone, whatever the variant's own retrieval). Every searched setting is also
@@ -34,13 +35,18 @@ logger = logging.getLogger("demo.ablations")
 # "scot+text" vs "scot+retrieved_image"; "scot+text+image" is target mixing (`retrieved_image_weight`); "+anchor"
 # adds the image anchor (`ScotConfig.image_anchor_weight` β: the composed ranking fused with the image-only one);
 # "scot+text+image+anchor" is the demo's default. "image_ref": the mixing target is the training image retrieved by
-# the modified caption *and* the reference (`DataArguments.retrieval_reference_weight` w: z-scored cosines).
+# the modified caption *and* the reference (`DataArguments.retrieval_reference_weight` w: z-scored cosines). "+floor":
+# the image floor (`ScotTrainingArguments.image_floor_weight` μ), a hinge where the composed query retrieves its
+# mixing target worse than the reference image alone does.
 VARIANTS = {
     "scot+text+image+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {"retrieved_image_weight": 0.5}),
     "scot+text+image_ref+anchor": ("scot", "text", ("retrieval_reference_weight", (0.5, 1.0)),
                                    {"retrieved_image_weight": 0.5, "image_anchor_weight": 0.5}),
     "scot+text+image_ref": ("scot", "text", ("retrieval_reference_weight", (0.5, 1.0)),
                             {"retrieved_image_weight": 0.5}),
+    "scot+text+image_ref+anchor+floor": ("scot", "text", ("image_floor_weight", (1.0, 4.0)),
+                                         {"retrieved_image_weight": 0.5, "image_anchor_weight": 0.5,
+                                          "retrieval_reference_weight": 0.5}),
     "scot+text+image": ("scot", "text", ("retrieved_image_weight", (0.25, 0.5)), {}),
     "scot+text+anchor": ("scot", "text", ("image_anchor_weight", (0.5, 1.0)), {}),
     "scot+text": ("scot", "text", ("margin", (0.2, 0.5)), {}),
@@ -58,6 +64,9 @@ LEARNING_RATES = (1e-4,)  # the paper's; a second rate doubles the search (--lea
 # Target-independent, so that variants trained towards different targets are selected alike: the mean of composed ->
 # modified caption and composed -> retrieved training image recall@1 on the validation slice (`ScotTrainer`).
 SELECTION_METRIC = "eval_probe_R@1"
+# Reported beside it (the fifth round's decision rule reads it): composed minus reference-image recall@1 on the image
+# retrieved by caption and reference with equal weight; below 0, the composed query is worse than the image alone.
+FLOOR_METRIC = "eval_floor_gap"
 REPORT_METRICS = ("R@1", "R@10", "Rsubset@1")
 
 
@@ -103,7 +112,8 @@ def train_combiner(args: AblationArguments, loss_type: str, target: str, setting
                               num_train_epochs=setting["num_train_epochs"], learning_rate=setting["learning_rate"],
                               eval_strategy="no", save_strategy="no", report_to="none", logging_steps=50,
                               dataloader_pin_memory=False, seed=seed, disable_tqdm=True,
-                              retrieved_image_weight=retrieved_image_weight),
+                              retrieved_image_weight=retrieved_image_weight,
+                              image_floor_weight=setting.get("image_floor_weight", 0.0)),
     )
     trainer.train()
     validation = trainer.evaluate()
@@ -153,6 +163,7 @@ def run(args: AblationArguments) -> dict:
             run_dir, validation = train_combiner(args, loss_type, target, setting, args.search_seed,
                                                  root / "search" / name / f"setting-{number}")
             searched.append({"setting": setting, "validation": validation[SELECTION_METRIC],
+                             "validation_floor_gap": validation.get(FLOOR_METRIC),
                              "benchmark": benchmark_metrics(run_dir, prepared, processor)})
         best = max(searched, key=lambda entry: entry["validation"])
         results["search"][name] = searched
@@ -160,11 +171,13 @@ def run(args: AblationArguments) -> dict:
         final = []
         for seed in args.seeds if name in args.seeded_variants else [args.search_seed]:
             if seed == args.search_seed:  # the search already trained this setting with this seed
-                final.append({"seed": seed, "validation": best["validation"], "benchmark": best["benchmark"]})
+                final.append({"seed": seed, "validation": best["validation"],
+                              "validation_floor_gap": best["validation_floor_gap"], "benchmark": best["benchmark"]})
                 continue
             run_dir, validation = train_combiner(args, loss_type, target, best["setting"], seed,
                                                  root / "final" / name / f"seed-{seed}")
             final.append({"seed": seed, "validation": validation[SELECTION_METRIC],
+                          "validation_floor_gap": validation.get(FLOOR_METRIC),
                           "benchmark": benchmark_metrics(run_dir, prepared, processor)})
         results["final"][name] = final
         logger.warning("%s: selected %s (%.0f s)", name, best["setting"], time.perf_counter() - started)
@@ -184,18 +197,21 @@ def format_report(results: dict) -> str:
     """The markdown tables: per-kind R@1 of the selected setting of each variant (mean ± std over seeds) beside the
     baselines, then the whole search (validation recall and benchmark average R@1 of every setting)."""
     kinds = list(next(iter(results["baselines"].values())))
-    header = "| method | " + " | ".join(kinds) + " | average |\n| --- |" + " ---: |" * (len(kinds) + 1)
+    header = ("| method | " + " | ".join(kinds) + " | average | val probe_R@1 | val floor_gap |\n| --- |"
+              + " ---: |" * (len(kinds) + 3))
     lines = [f"R@1 per kind of change (selected setting, mean ± std over {len(next(iter(results['final'].values())))}"
              " seeds; baselines are deterministic):", "", header]
     for method, per_kind in results["baselines"].items():
         values = [per_kind[kind]["R@1"] for kind in kinds]
         lines.append(f"| baseline: {method} | " + " | ".join(f"{value:.1f}" for value in values)
-                     + f" | {sum(values) / len(values):.1f} |")
+                     + f" | {sum(values) / len(values):.1f} | | |")
     for name, runs in results["final"].items():
         cells = [_mean_std([run["benchmark"][kind]["R@1"] for run in runs]) for kind in kinds]
         averages = [sum(run["benchmark"][kind]["R@1"] for kind in kinds) / len(kinds) for run in runs]
+        gaps = [run.get("validation_floor_gap") for run in runs]
+        gap = _mean_std(gaps) if None not in gaps else "—"  # runs of before the floor probe have none
         lines.append(f"| {name} ({_setting(results['selected'][name])}) | " + " | ".join(cells)
-                     + f" | {_mean_std(averages)} |")
+                     + f" | {_mean_std(averages)} | {_mean_std([run['validation'] for run in runs])} | {gap} |")
     selection = SELECTION_METRIC.removeprefix("eval_")
     lines += ["", f"The search (seed 0): validation {selection} (the selection metric) and the benchmark's average "
               "R@1 (not used to select):", "",
@@ -211,7 +227,7 @@ def format_report(results: dict) -> str:
 def _setting(setting: dict) -> str:
     short = {"num_train_epochs": "ep", "learning_rate": "lr", "margin": "margin", "infonce_temperature": "τ",
              "retrieved_image_weight": "image weight", "image_anchor_weight": "anchor β",
-             "retrieval_reference_weight": "reference weight"}
+             "retrieval_reference_weight": "reference weight", "image_floor_weight": "floor μ"}
     return ", ".join(f"{short[key]} {value:g}" for key, value in setting.items())
 
 

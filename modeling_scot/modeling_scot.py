@@ -162,6 +162,33 @@ def infonce_loss(
     return F.cross_entropy(logits / temperature, labels)
 
 
+def image_floor_loss(composed_embeds: torch.Tensor, reference_embeds: torch.Tensor, target_image_embeds: torch.Tensor,
+                     temperature: float = 0.05) -> torch.Tensor:
+    r"""Ours, not the paper's: a floor under the composed query, "never retrieve the target image worse than the
+    reference image alone does", as a per-row hinge on the two retrieval losses over the batch's target images.
+
+    With C the composed, V the reference and R the target image embeddings (row i of each is one triplet; all
+    normalised) and τ the temperature:
+
+        ℓ^C_i = −log softmax_j(S(C_i, R_j) / τ)_i,   ℓ^V_i = −log softmax_j(S(V_i, R_j) / τ)_i,
+        L_floor = (1/N) Σ_i max(0, ℓ^C_i − ℓ^V_i).
+
+    A row costs nothing once the composed query ranks its target at least as well as the reference does, so the
+    term binds only where the reference is already the better query — typically where the text names a change the
+    encoder does not see and the target (retrieved by caption *and* reference) is the reference's lookalike — and
+    leaves the text free to move the query where it helps. ℓ^V is a constant (the encoder is frozen): no gradient.
+    """
+    _check_pairs("image_floor_loss", composed_embeds, target_image_embeds)
+    _check_pairs("image_floor_loss", reference_embeds, target_image_embeds)
+    labels = torch.arange(composed_embeds.shape[0], device=composed_embeds.device)
+    composed_loss = F.cross_entropy(_cosine_matrix(composed_embeds, target_image_embeds) / temperature, labels,
+                                    reduction="none")
+    with torch.no_grad():
+        reference_loss = F.cross_entropy(_cosine_matrix(reference_embeds, target_image_embeds) / temperature, labels,
+                                         reduction="none")
+    return F.relu(composed_loss - reference_loss).mean()
+
+
 def compute_scot_loss(
     config: ScotConfig,
     composed_embeds: torch.Tensor,
@@ -858,6 +885,7 @@ __all__ = [
     "ScotPreTrainedModel",
     "compute_pseudo_word_mapping_loss",
     "compute_scot_loss",
+    "image_floor_loss",
     "infonce_loss",
     "scot_loss",
     "scot_split_loss",

@@ -274,6 +274,9 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
 TARGETS = ("text", "text_gap", "retrieved_image")
 # A gallery image this close to the reference is the reference itself (or a byte-different copy): never its target.
 SAME_IMAGE_COSINE = 0.9999
+# The floor probe of the validation (`ScotTrainer`): the training image retrieved by the modified caption and the
+# reference with equal weight (fixed, whatever a run's own retrieval_reference_weight), so that runs compare on it
+FLOOR_PROBE_REFERENCE_WEIGHT = 1.0
 
 
 def _standardised(scores: torch.Tensor) -> torch.Tensor:
@@ -328,7 +331,10 @@ class CachedTripletDataset(torch.utils.data.Dataset):
     as above), and `retrieved_image_embeds`, what `ScotTrainingArguments.retrieved_image_weight > 0` trains towards:
     the same image, or with `reference_weight` > 0 the one retrieved by caption and reference together
     (`retrieved_image_targets`; also what `target="retrieved_image"` then holds). The probes never change with
-    `reference_weight`, so that runs with different targets are compared on the same probes."""
+    `reference_weight`, so that runs with different targets are compared on the same probes. A third probe,
+    `probe_floor_image_embeds`, is the image retrieved by caption and reference with equal weight
+    (`FLOOR_PROBE_REFERENCE_WEIGHT`): where the encoder does not see the change it is the reference's lookalike, and
+    the evaluation compares the composed query with the reference image alone on it (the image floor)."""
 
     def __init__(self, cache: EmbeddingCache, target: str = "text", target_gallery: EmbeddingCache | None = None,
                  with_probes: bool = False, reference_weight: float = 0.0):
@@ -336,7 +342,7 @@ class CachedTripletDataset(torch.utils.data.Dataset):
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
         self.cache = cache
         self.target_embeds = None
-        self.probe_embeds = self.retrieved_embeds = None
+        self.probe_embeds = self.retrieved_embeds = self.floor_probe_embeds = None
         rows, gallery = cache.row_indices, target_gallery or cache
         modified, references = cache.text_embeds[rows["modified_caption"]], cache.image_embeds[rows["image"]]
         if target == "retrieved_image" or with_probes:
@@ -345,6 +351,9 @@ class CachedTripletDataset(torch.utils.data.Dataset):
             if reference_weight > 0:
                 chosen = retrieved_image_targets(modified, references, gallery.image_embeds, reference_weight)
                 self.retrieved_embeds = gallery.image_embeds[chosen]
+        if with_probes:
+            chosen = retrieved_image_targets(modified, references, gallery.image_embeds, FLOOR_PROBE_REFERENCE_WEIGHT)
+            self.floor_probe_embeds = gallery.image_embeds[chosen]
         if target == "retrieved_image":
             self.target_embeds = self.retrieved_embeds
         elif target == "text_gap":
@@ -367,4 +376,5 @@ class CachedTripletDataset(torch.utils.data.Dataset):
             item["probe_caption_embeds"] = modified_caption
             item["probe_image_embeds"] = self.probe_embeds[index]
             item["retrieved_image_embeds"] = self.retrieved_embeds[index]
+            item["probe_floor_image_embeds"] = self.floor_probe_embeds[index]
         return item

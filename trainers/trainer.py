@@ -21,12 +21,19 @@ import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, rotate_checkpoints
 
-from modeling_scot import compute_scot_loss
+from modeling_scot import compute_scot_loss, image_floor_loss
 from scot_core import atomic_write_text, try_load_image
 from scot_core.encoding import is_missing_image
 
 from .checkpoints import TRAINER_STATE_NAME, publish_checkpoint, staging_folder
-from .embedding_cache import SKIP_REASONS, TripletColumns, describe_skipped, has_text, undecoded_images
+from .embedding_cache import (
+    SAME_IMAGE_COSINE,
+    SKIP_REASONS,
+    TripletColumns,
+    describe_skipped,
+    has_text,
+    undecoded_images,
+)
 from .training_args import ScotTrainingArguments
 
 if TYPE_CHECKING:
@@ -153,7 +160,10 @@ def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -
     every `target`, so that runs trained towards different targets compare: `caption_R@k` ranks the distinct modified
     captions, `image_R@k` the distinct retrieved images (the training image nearest to each modified caption), and
     `probe_R@1` is their mean — the caption says what changed, the retrieved image what a gallery holds; a query that
-    only moves into the text side scores well on the first and badly on the second. Duplicates count once."""
+    only moves into the text side scores well on the first and badly on the second. The image floor: `floor_R@1`
+    ranks the distinct images retrieved by caption and reference together (`probe_floor_image_embeds`),
+    `floor_reference_R@1` the same with the reference image alone as the query, and `floor_gap` is the first minus
+    the second: below 0, the composed query does worse than the image alone would. Duplicates count once."""
     from scot_eval.metrics import recall_at_k
 
     normalize = torch.nn.functional.normalize
@@ -166,11 +176,20 @@ def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -
     labels = eval_prediction.label_ids
     if not isinstance(labels, (tuple, list)):
         return recall(labels)
-    targets, captions, images = labels
+    targets, captions, images, floor_images, references = labels
     metrics = recall(targets)
     metrics.update({f"caption_{name}": value for name, value in recall(captions).items()})
     metrics.update({f"image_{name}": value for name, value in recall(images).items()})
     metrics["probe_R@1"] = (metrics["caption_R@1"] + metrics["image_R@1"]) / 2
+    # as the CIRR protocol does, each row's own reference image is left out of its ranking (for both queries)
+    references = normalize(torch.as_tensor(references, dtype=torch.float32), dim=-1)
+    distinct, index = torch.unique(torch.as_tensor(floor_images, dtype=torch.float32), dim=0, return_inverse=True)
+    distinct = normalize(distinct, dim=-1)
+    is_reference = references @ distinct.T > SAME_IMAGE_COSINE
+    for name, queries in (("floor_R@1", composed), ("floor_reference_R@1", references)):
+        metrics[name] = recall_at_k((queries @ distinct.T).masked_fill(is_reference, float("-inf")), index,
+                                    ks=(1,))["R@1"]
+    metrics["floor_gap"] = metrics["floor_R@1"] - metrics["floor_reference_R@1"]
     return metrics
 
 
@@ -229,14 +248,19 @@ class ScotTrainer(Trainer):
 
     def _mixed_loss(self, loss_fn, config, composed, modified, captions, inputs) -> torch.Tensor:
         """The loss towards the target, mixed with the loss towards the retrieved image when
-        `args.retrieved_image_weight` > 0 (target mixing, see `ScotTrainingArguments`)."""
+        `args.retrieved_image_weight` > 0 (target mixing, see `ScotTrainingArguments`), plus the image floor when
+        `args.image_floor_weight` > 0 (on the local batch: the floor compares each row with its own reference)."""
         weight = self.args.retrieved_image_weight
         loss = loss_fn(config, composed, modified, captions)
         if weight == 0:
             return loss
         if "retrieved_image_embeds" not in inputs:
             raise ValueError("retrieved_image_weight > 0 needs retrieved-image targets: train on the embedding cache.")
-        return (1 - weight) * loss + weight * loss_fn(config, composed, inputs["retrieved_image_embeds"], captions)
+        loss = (1 - weight) * loss + weight * loss_fn(config, composed, inputs["retrieved_image_embeds"], captions)
+        if self.args.image_floor_weight > 0:
+            loss = loss + self.args.image_floor_weight * image_floor_loss(
+                composed, inputs["image_embeds"], inputs["retrieved_image_embeds"], self.args.image_floor_temperature)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         composed, modified, captions = self._embed_batch(model, inputs)
@@ -256,7 +280,8 @@ class ScotTrainer(Trainer):
         # the targets (and the probes) travel as "labels", so Trainer gathers them and calls compute_metrics
         labels = modified.detach()
         if "probe_image_embeds" in inputs:
-            labels = (labels, inputs["probe_caption_embeds"].detach(), inputs["probe_image_embeds"].detach())
+            labels = (labels, inputs["probe_caption_embeds"].detach(), inputs["probe_image_embeds"].detach(),
+                      inputs["probe_floor_image_embeds"].detach(), inputs["image_embeds"].detach())
         return loss.detach(), composed.detach(), labels
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -140,6 +140,14 @@ class ScotTrainingArguments(TrainingArguments):
                 "excluded (what `target retrieved_image` trains on alone). It keeps the composed query among real "
                 "images where the text alone would pull it into the text side. 0 = the target only; needs the "
                 "embedding cache."})
+    image_floor_weight: float = field(default=0.0, metadata={
+        "help": "Ours, not the paper's: adds μ * image_floor_loss (modeling_scot), a hinge that costs a row only "
+                "where the composed query retrieves its retrieved-image target (the mixing target, among the "
+                "batch's) worse than the reference image alone does: a floor at the image-only baseline, on the "
+                "training data. 0 = off; needs retrieved-image targets (retrieved_image_weight > 0) and the "
+                "embedding cache."})
+    image_floor_temperature: float = field(default=0.05, metadata={
+        "help": "τ of image_floor_loss: the two retrieval losses it compares are cross-entropies over cos / τ."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,6 +156,13 @@ class ScotTrainingArguments(TrainingArguments):
                              f"{self.composer_stage!r}.")
         if not 0.0 <= self.retrieved_image_weight <= 1.0:
             raise ValueError(f"retrieved_image_weight must be in [0, 1], got {self.retrieved_image_weight}.")
+        if self.image_floor_weight < 0:
+            raise ValueError(f"image_floor_weight must be >= 0, got {self.image_floor_weight}.")
+        if self.image_floor_weight > 0 and self.retrieved_image_weight == 0:
+            raise ValueError("image_floor_weight > 0 compares the composed query with the reference image on the "
+                             "retrieved-image targets: set retrieved_image_weight > 0 as well.")
+        if not self.image_floor_temperature > 0:
+            raise ValueError(f"image_floor_temperature must be > 0, got {self.image_floor_temperature}.")
         if self.cir_benchmark is None:
             return
         from scot_eval.benchmarks import BENCHMARKS

@@ -31,10 +31,13 @@ def test_report_tables_give_mean_and_spread_over_seeds_and_every_searched_settin
         "baselines": {"image": per_kind},
         "search": {"scot+text": [{"setting": setting, "validation": 33.3, "benchmark": per_kind}]},
         "selected": {"scot+text": setting},
-        "final": {"scot+text": [{"seed": 0, "benchmark": per_kind}, {"seed": 1, "benchmark": shifted}]},
+        "final": {"scot+text": [{"seed": 0, "validation": 33.3, "validation_floor_gap": -1.0, "benchmark": per_kind},
+                                {"seed": 1, "validation": 35.3, "validation_floor_gap": 1.0, "benchmark": shifted}]},
     }
     report = ablations.format_report(results)
-    assert "| baseline: image | 10.0 | 20.0 | 15.0 |" in report
-    # seeds 10 and 12 on colour: mean 11, sample std 1.4; average over kinds 15 and 17: 16 ± 1.4
-    assert "| scot+text (ep 8, lr 0.0001, margin 0.2) | 11.0 ± 1.4 | 21.0 ± 1.4 | 16.0 ± 1.4 |" in report
+    assert "| baseline: image | 10.0 | 20.0 | 15.0 | | |" in report
+    # seeds 10 and 12 on colour: mean 11, sample std 1.4; average over kinds 15 and 17: 16 ± 1.4; validation
+    # 33.3 and 35.3: 34.3 ± 1.4; floor gaps -1 and 1: 0 ± 1.4
+    assert ("| scot+text (ep 8, lr 0.0001, margin 0.2) | 11.0 ± 1.4 | 21.0 ± 1.4 | 16.0 ± 1.4 | 34.3 ± 1.4 | "
+            "0.0 ± 1.4 |") in report
     assert "| scot+text | ep 8, lr 0.0001, margin 0.2 | 33.3 | 15.0 |" in report

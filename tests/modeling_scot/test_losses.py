@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from modeling_scot import ScotConfig, compute_scot_loss, infonce_loss, scot_loss
+from modeling_scot import ScotConfig, compute_scot_loss, image_floor_loss, infonce_loss, scot_loss
 
 COMPOSED = torch.eye(3, dtype=torch.float64)
 # Row j is T_u^j, so S(V_c^i, T_u^j) = MODIFIED[j][i]:
@@ -138,3 +138,29 @@ def test_infonce_with_caption_negatives_matches_hand_computation():
 
     assert compute_scot_loss(config, COMPOSED, MODIFIED, CAPTIONS).item() == pytest.approx(
         scot_split_loss(COMPOSED, MODIFIED, CAPTIONS).item(), abs=1e-12)
+
+
+def test_image_floor_matches_hand_computation_and_binds_only_where_the_reference_is_better():
+    # 2-d, two rows, targets R = e1, e2. Row 0: the composed query at 60° from its target, the reference on it;
+    # row 1: the composed query on its target, the reference at 90°.
+    angle = math.pi / 3
+    composed = torch.tensor([[math.cos(angle), math.sin(angle)], [0.0, 1.0]], requires_grad=True)
+    references = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    targets = torch.eye(2)
+    tau = 0.5
+
+    def row_loss(query, row):  # -log softmax_j(cos(query, R_j) / tau)_row
+        logits = [query[0] / tau, query[1] / tau]  # R = identity, queries are unit vectors
+        return -(logits[row] - math.log(math.exp(logits[0]) + math.exp(logits[1])))
+
+    c0, c1 = row_loss([math.cos(angle), math.sin(angle)], 0), row_loss([0.0, 1.0], 1)
+    v0, v1 = row_loss([1.0, 0.0], 0), row_loss([1.0, 0.0], 1)
+    assert c0 > v0 and c1 < v1  # row 0 is worse than its reference, row 1 better
+    expected = (max(0.0, c0 - v0) + max(0.0, c1 - v1)) / 2
+    loss = image_floor_loss(composed, references, targets, temperature=tau)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert composed.grad[1].abs().sum() == 0  # row 1 is above the floor: no pull towards its reference
+    assert composed.grad[0].abs().sum() > 0
+    # a composed query equal to the reference costs nothing
+    assert image_floor_loss(references, references, targets).item() == 0.0

@@ -130,6 +130,30 @@ def test_target_mixing_weighs_the_text_and_the_retrieved_image_losses():
         ScotTrainingArguments(output_dir="unused", retrieved_image_weight=1.5)
 
 
+def test_the_image_floor_is_added_to_the_mixed_loss_on_the_reference_and_the_retrieved_image():
+    from modeling_scot import ScotConfig, image_floor_loss
+    from modeling_scot.modeling_scot import compute_scot_loss
+    from trainers.trainer import ScotTrainer
+    from trainers.training_args import ScotTrainingArguments
+
+    torch.manual_seed(0)
+    composed, targets, images, captions, references = (F.normalize(torch.randn(4, 3), dim=-1) for _ in range(5))
+    config = ScotConfig(margin=0.2)
+    trainer = ScotTrainer.__new__(ScotTrainer)
+    trainer.args = ScotTrainingArguments(output_dir="unused", retrieved_image_weight=0.5, image_floor_weight=2.0,
+                                         image_floor_temperature=0.1, report_to="none")
+    loss = trainer._mixed_loss(compute_scot_loss, config, composed, targets, captions,
+                               {"retrieved_image_embeds": images, "image_embeds": references})
+    expected = (0.5 * compute_scot_loss(config, composed, targets, captions)
+                + 0.5 * compute_scot_loss(config, composed, images, captions)
+                + 2.0 * image_floor_loss(composed, references, images, temperature=0.1))
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="retrieved_image_weight > 0"):
+        ScotTrainingArguments(output_dir="unused", image_floor_weight=1.0)
+    with pytest.raises(ValueError, match="image_floor_weight"):
+        ScotTrainingArguments(output_dir="unused", retrieved_image_weight=0.5, image_floor_weight=-1.0)
+
+
 def test_validation_probes_report_caption_image_and_their_mean():
     from transformers import EvalPrediction
 
@@ -140,8 +164,37 @@ def test_validation_probes_report_caption_image_and_their_mean():
     captions = torch.stack([_unit(1.0, 0.0, 0.0), _unit(0.0, 1.0, 0.0)])
     images = torch.stack([_unit(0.0, 0.0, 1.0), _unit(1.0, 1.0, 0.0)])
     composed = torch.stack([_unit(1.0, 0.0, 0.9), _unit(1.0, 0.9, 0.0)])
+    references = torch.stack([_unit(0.0, 1.0, 1.0), _unit(0.0, 0.1, 1.0)])
     metrics = composed_to_caption_recall(EvalPrediction(composed.numpy(), (captions.numpy(), captions.numpy(),
-                                                                           images.numpy())), ks=(1,))
+                                                                           images.numpy(), images.numpy(),
+                                                                           references.numpy())), ks=(1,))
     assert metrics["R@1"] == metrics["caption_R@1"] == 50.0
     assert metrics["image_R@1"] == 100.0
     assert metrics["probe_R@1"] == 75.0
+    assert metrics["floor_R@1"] == 100.0
+    # the references alone: the first finds its image, the second ranks the first row's image higher than its own
+    assert metrics["floor_reference_R@1"] == 50.0
+    assert metrics["floor_gap"] == 50.0
+
+
+def test_the_floor_probe_leaves_each_rows_own_reference_out_of_its_ranking():
+    from transformers import EvalPrediction
+
+    from trainers.trainer import composed_to_caption_recall
+
+    # row 0's reference is row 1's target image: left out of row 0's ranking, it cannot beat row 0's own target
+    images = torch.stack([BLUE_HAT, RED_HAT])
+    references = torch.stack([RED_HAT, BLUE_SHOE])
+    composed = torch.stack([_unit(1.0, 0.5, 0.0), BLUE_SHOE])
+    metrics = composed_to_caption_recall(EvalPrediction(composed.numpy(), (images.numpy(),) * 4
+                                                        + (references.numpy(),)), ks=(1,))
+    assert metrics["floor_reference_R@1"] == 50.0  # row 0 finds the blue hat once the red one is out; row 1 fails
+    assert metrics["floor_R@1"] == 50.0
+
+
+def test_the_floor_probe_is_the_image_retrieved_by_caption_and_reference_with_equal_weight():
+    from trainers.embedding_cache import FLOOR_PROBE_REFERENCE_WEIGHT
+
+    modified, references = torch.stack([FACING_LEFT, BLUE_KANGAROO]), torch.stack([KANGAROO, KANGAROO])
+    expected = retrieved_image_targets(modified, references, KANGAROO_GALLERY, FLOOR_PROBE_REFERENCE_WEIGHT)
+    assert expected.tolist() == [1, 2]  # the mirrored lookalike for the unseen change, the tint for the seen one
