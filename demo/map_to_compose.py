@@ -277,8 +277,8 @@ def run(args: MapToComposeArguments) -> dict:
     combiner_prepared = prepare_kinds(backbone, processor, kinds, cache_dir)
     per_kind = {method: benchmark_metrics(backbone, combiner_prepared, processor, method)
                 for method in ("image", "text", "sum")}
-    if (output_dir / "scot-scot" / "config.json").is_file():
-        per_kind["scot_demo"] = benchmark_metrics(ScotModel.from_pretrained(output_dir / "scot-scot"),
+    if (output_dir / "combiner-scot" / "config.json").is_file():
+        per_kind["scot_demo"] = benchmark_metrics(ScotModel.from_pretrained(output_dir / "combiner-scot"),
                                                   combiner_prepared, processor)
     stage_1 = ScotModel.from_pretrained(stage_1_dir).eval()
     stage_1_processor = ScotProcessor.from_pretrained(stage_1_dir)

@@ -19,9 +19,11 @@ METHOD_NAMES = {
     "image": "Image only (reference image embedding)",
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
-    "scot": "SCOT (Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor)",
+    "scot": "SCOT (Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
+            "image floor)",
+    "scot_no_floor": "Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
+                     "no floor (the previous default)",
     "scot_caption_retrieval": "Combiner, SCOT loss, text + image targets retrieved by caption alone, image anchor",
-    "scot_no_anchor": "Combiner, SCOT loss, text + image targets retrieved by caption and reference, no anchor",
     "scot_text_only": "Combiner, SCOT loss on text targets only (the paper's Eq. 4-9)",
     "scot_infonce": "Combiner trained with InfoNCE instead",
 }
