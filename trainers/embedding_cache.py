@@ -351,7 +351,9 @@ class CachedTripletDataset(torch.utils.data.Dataset):
             if reference_weight > 0:
                 chosen = retrieved_image_targets(modified, references, gallery.image_embeds, reference_weight)
                 self.retrieved_embeds = gallery.image_embeds[chosen]
-        if with_probes:
+        if with_probes and reference_weight == FLOOR_PROBE_REFERENCE_WEIGHT:
+            self.floor_probe_embeds = self.retrieved_embeds  # the same retrieval: not run twice
+        elif with_probes:
             chosen = retrieved_image_targets(modified, references, gallery.image_embeds, FLOOR_PROBE_REFERENCE_WEIGHT)
             self.floor_probe_embeds = gallery.image_embeds[chosen]
         if target == "retrieved_image":

@@ -169,9 +169,14 @@ def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -
     normalize = torch.nn.functional.normalize
     composed = normalize(torch.as_tensor(eval_prediction.predictions, dtype=torch.float32), dim=-1)
 
-    def recall(labels) -> dict[str, float]:
+    def recall(labels, queries=composed, left_out=None, ks=ks) -> dict[str, float]:
+        """`queries` rank the distinct `labels`; with `left_out`, each row's own image (its reference) is left out"""
         distinct, index = torch.unique(torch.as_tensor(labels, dtype=torch.float32), dim=0, return_inverse=True)
-        return recall_at_k(composed @ normalize(distinct, dim=-1).T, index, ks=ks)
+        distinct = normalize(distinct, dim=-1)
+        scores = queries @ distinct.T
+        if left_out is not None:
+            scores = scores.masked_fill(left_out @ distinct.T > SAME_IMAGE_COSINE, float("-inf"))
+        return recall_at_k(scores, index, ks=ks)
 
     labels = eval_prediction.label_ids
     if not isinstance(labels, (tuple, list)):
@@ -183,12 +188,8 @@ def composed_to_caption_recall(eval_prediction: EvalPrediction, ks=(1, 5, 10)) -
     metrics["probe_R@1"] = (metrics["caption_R@1"] + metrics["image_R@1"]) / 2
     # as the CIRR protocol does, each row's own reference image is left out of its ranking (for both queries)
     references = normalize(torch.as_tensor(references, dtype=torch.float32), dim=-1)
-    distinct, index = torch.unique(torch.as_tensor(floor_images, dtype=torch.float32), dim=0, return_inverse=True)
-    distinct = normalize(distinct, dim=-1)
-    is_reference = references @ distinct.T > SAME_IMAGE_COSINE
     for name, queries in (("floor_R@1", composed), ("floor_reference_R@1", references)):
-        metrics[name] = recall_at_k((queries @ distinct.T).masked_fill(is_reference, float("-inf")), index,
-                                    ks=(1,))["R@1"]
+        metrics[name] = recall(floor_images, queries, left_out=references, ks=(1,))["R@1"]
     metrics["floor_gap"] = metrics["floor_R@1"] - metrics["floor_reference_R@1"]
     return metrics
 
