@@ -38,20 +38,23 @@ BENCHMARK_METRICS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rs
 # The default, `scot`, is the SCOT loss with target mixing (half the loss
 # towards a retrieved training image: the one best matching the modified caption *and* the reference, reference weight
 # 0.5), the image anchor β 0.5 (the composed ranking fused with the image-only one) and the image floor μ 1 (a hinge
-# where the composed query retrieves that image worse than the reference alone): its settings chosen on the triplets'
-# validation probes by rules written before the runs, not on the benchmark (docs/ablations.md, fifth round).
-# `scot_no_floor` is the previous default; `scot_caption_retrieval` the one before (the image nearest to the caption
-# alone); the paper's loss on text targets alone is `scot_text_only`, four flags away. The split reading, InfoNCE with
-# caption negatives and the default without the anchor are in `make ablations`.
+# where the composed query retrieves that image worse than the reference alone), and at retrieval the grounding gate
+# α 0.5 (a query whose text picks out none of the reference's look-alikes is the image alone; θ calibrated on the
+# validation slice): its settings chosen on the triplets' validation slice by rules written before the runs, not on
+# the benchmark (docs/ablations.md, fifth and sixth rounds). `scot_ungated` (evaluation only) is its weights without
+# the gate, `scot_no_floor` the default before the floor; `scot_caption_retrieval` the one before (the image nearest
+# to the caption alone); the paper's loss on text targets alone is `scot_text_only`, five flags away. The split
+# reading, InfoNCE with caption negatives and the default without the anchor are in `make ablations`.
 class CombinerSetting(NamedTuple):
     loss_type: str  # ScotConfig.loss_type
     retrieved_image_weight: float  # ScotTrainingArguments.retrieved_image_weight (target mixing)
     image_anchor_weight: float  # ScotConfig.image_anchor_weight β
     reference_weight: float  # DataArguments.retrieval_reference_weight
     image_floor_weight: float = 0.0  # ScotTrainingArguments.image_floor_weight μ
+    grounding_gate_alpha: float | None = None  # ScotTrainingArguments.grounding_gate_alpha (None: no gate)
 
 
-COMBINERS = {"scot": CombinerSetting("scot", 0.5, 0.5, 0.5, 1.0),
+COMBINERS = {"scot": CombinerSetting("scot", 0.5, 0.5, 0.5, 1.0, 0.5),
              "scot_no_floor": CombinerSetting("scot", 0.5, 0.5, 0.5),
              "scot_caption_retrieval": CombinerSetting("scot", 0.5, 0.5, 0.0),
              "scot_text_only": CombinerSetting("scot", 0.0, 0.0, 0.0),
@@ -205,13 +208,16 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method:
     from trainers.train import build_trainer, finish_training
     from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
-    loss_type, retrieved_image_weight, image_anchor_weight, reference_weight, floor_weight = COMBINERS[method]
+    (loss_type, retrieved_image_weight, image_anchor_weight, reference_weight, floor_weight,
+     gate_alpha) = COMBINERS[method]
     run_dir = output_dir / f"combiner-{method}"
     key = f"{key}:{loss_type}:{retrieved_image_weight}:{image_anchor_weight}"
     if reference_weight:  # appended only when set: the folders of the other Combiners keep their keys
         key += f":reference={reference_weight}"
     if floor_weight:
         key += f":floor={floor_weight}"
+    if gate_alpha is not None:
+        key += f":gate={gate_alpha}"
     if fresh_folder(run_dir, key) and (run_dir / "train_results.json").exists():
         return run_dir
     mark_fresh(run_dir, key)
@@ -224,7 +230,8 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method:
                               per_device_eval_batch_size=256, num_train_epochs=epochs, learning_rate=1e-4,
                               logging_steps=10, eval_strategy="epoch", save_strategy="no",
                               dataloader_pin_memory=False, seed=0, disable_tqdm=True,
-                              retrieved_image_weight=retrieved_image_weight, image_floor_weight=floor_weight),
+                              retrieved_image_weight=retrieved_image_weight, image_floor_weight=floor_weight,
+                              grounding_gate_alpha=gate_alpha),
     )
     finish_training(trainer, trainer.train())
     return run_dir
@@ -236,7 +243,7 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method:
 def evaluate_all(combiner_dirs: dict[str, Path], kinds: dict[str, Path]) -> dict:
     """`{kind: {method: {metric: value}}}` on every kind of the benchmark, methods keyed as
     `demo.report.METHOD_NAMES`: the baselines on the SCOT model's encoder, and each trained Combiner."""
-    from demo.report import BASELINES
+    from demo.report import BASELINES, METHOD_NAMES
     from modeling_scot import ScotModel, ScotProcessor
     from scot_core import encoder_fingerprint
     from scot_eval.evaluation import evaluate_prepared, prepare_benchmark
@@ -246,6 +253,9 @@ def evaluate_all(combiner_dirs: dict[str, Path], kinds: dict[str, Path]) -> dict
 
     processor = ScotProcessor.from_pretrained(combiner_dirs["scot"])
     combiners = {method: ScotModel.from_pretrained(folder) for method, folder in combiner_dirs.items()}
+    if combiners["scot"].config.grounding_gate_neighbours:  # the default's weights without its grounding gate
+        combiners["scot_ungated"] = ScotModel.from_pretrained(combiner_dirs["scot"], grounding_gate_neighbours=0)
+    combiners = {method: combiners[method] for method in METHOD_NAMES if method in combiners}  # the report's order
     fingerprints = {encoder_fingerprint(model, processor) for model in combiners.values()}
     if len(fingerprints) != 1:  # the gallery embeddings are shared: every Combiner must sit on the same encoder
         raise RuntimeError(f"The demo's Combiners were trained on different encoders: {sorted(combiner_dirs)}")

@@ -11,6 +11,7 @@ from .configuration_scot import ScotConfig
 from .modeling_pseudo_word import PseudoWordMapper, pseudo_word_composing_loss, pseudo_word_mapping_loss
 from .modeling_scot import (
     Combiner,
+    GalleryStatistics,
     ScotModel,
     ScotOutput,
     ScotPreTrainedModel,
@@ -18,8 +19,10 @@ from .modeling_scot import (
     compute_scot_loss,
     image_floor_loss,
     infonce_loss,
+    nearest_gallery_images,
     scot_loss,
     scot_split_loss,
+    text_grounding,
 )
 from .processing_scot import ScotProcessor
 
@@ -35,6 +38,7 @@ ScotProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "Combiner",
+    "GalleryStatistics",
     "PseudoWordMapper",
     "ScotConfig",
     "ScotModel",
@@ -45,8 +49,10 @@ __all__ = [
     "compute_scot_loss",
     "image_floor_loss",
     "infonce_loss",
+    "nearest_gallery_images",
     "pseudo_word_composing_loss",
     "pseudo_word_mapping_loss",
     "scot_loss",
     "scot_split_loss",
+    "text_grounding",
 ]

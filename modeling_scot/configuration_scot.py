@@ -5,6 +5,8 @@ composes a frozen vision-language encoder's image and text embeddings with a CLI
 `ScotConfig` holds the encoder's own config as a sub-config plus the Combiner and loss settings.
 """
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -85,6 +87,15 @@ class ScotConfig(PreTrainedConfig):
             β of the image anchor (ours, not the paper's): the Combiner's output c becomes normalize(c + β ·
             image), so that every gallery item scores cos(c, g) + β · cos(image, g) — the composed ranking fused
             with the image-only one. 0 is the paper's Combiner.
+        grounding_gate_neighbours (`int`, *optional*, defaults to 0):
+            k of the grounding gate (ours, not the paper's; inference only, any composer): at retrieval, a query
+            whose modification text does not pick out one of the reference's k nearest gallery images
+            (`text_grounding` below `grounding_gate_threshold`) is answered with the reference image alone. It needs
+            the gallery, so it applies where the caller passes it (`get_composed_features(...,
+            gallery_neighbour_embeds=..., gallery_statistics=...)`: the evaluation and the search do). 0 is off.
+        grounding_gate_threshold (`float`, *optional*, defaults to 0.0):
+            θ of the grounding gate, in z-units of the text's cosines over the gallery; `trainers` calibrates it on
+            the validation slice (`ScotTrainingArguments.grounding_gate_alpha`).
         blip2_query_pooling (`str`, *optional*, defaults to `"mean"`):
             How BLIP-2's 32 projected, normalised query embeddings become one image vector: `"mean"` averages
             them and re-normalises (every query contributes, which is what a single-vector gallery needs);
@@ -171,6 +182,8 @@ class ScotConfig(PreTrainedConfig):
     combiner_hidden_dim: int | None = None
     combiner_dropout: float = 0.5
     image_anchor_weight: float = 0.0
+    grounding_gate_neighbours: int = 0
+    grounding_gate_threshold: float = 0.0
     blip2_query_pooling: str = "mean"
     text_pooling: str = "pooler"
     freeze_encoder: bool = True
@@ -245,6 +258,13 @@ class ScotConfig(PreTrainedConfig):
                 raise ValueError(f"ScotConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if not self.image_anchor_weight >= 0.0:
             raise ValueError(f"ScotConfig.image_anchor_weight must be >= 0, got {self.image_anchor_weight}.")
+        if isinstance(self.grounding_gate_neighbours, bool) or not (
+                isinstance(self.grounding_gate_neighbours, int) and self.grounding_gate_neighbours >= 0):
+            raise ValueError("ScotConfig.grounding_gate_neighbours must be an integer >= 0 (0: no gate), got "
+                             f"{self.grounding_gate_neighbours!r}.")
+        if not math.isfinite(self.grounding_gate_threshold):
+            raise ValueError(f"ScotConfig.grounding_gate_threshold must be finite, got "
+                             f"{self.grounding_gate_threshold}.")
         if not 0.0 <= self.combiner_dropout < 1.0:
             raise ValueError(f"ScotConfig.combiner_dropout must be in [0, 1), got {self.combiner_dropout}.")
         for name in ("infonce_temperature", "pseudo_word_temperature", "soft_alignment_temperature",

@@ -225,6 +225,68 @@ def compute_pseudo_word_mapping_loss(config: ScotConfig, prompt_embeds: torch.Te
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The grounding gate (ours, not the paper's): at retrieval, fall back to the reference image where the text does not
+# pick out one of its look-alikes in the gallery.
+# ----------------------------------------------------------------------------------------------------------------
+
+# A gallery image this close to the reference is the reference itself (or a copy): never one of its look-alikes.
+SAME_IMAGE_COSINE = 0.9999
+
+
+@dataclass
+class GalleryStatistics:
+    """The mean `[d]` and (population) covariance `[d, d]` of a gallery's normalised image embeddings: enough to
+    z-score any text's cosines over the whole gallery without a pass over it (mean t·μ, variance tᵀΣt)."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+
+    @classmethod
+    def from_embeds(cls, gallery_embeds: torch.Tensor, block_size: int = 65536) -> "GalleryStatistics":
+        if gallery_embeds.ndim != 2 or len(gallery_embeds) < 2:
+            raise ValueError(f"GalleryStatistics needs gallery embeddings [images >= 2, d], got "
+                             f"{tuple(gallery_embeds.shape)}.")
+        mean = gallery_embeds.float().mean(dim=0)
+        covariance = torch.zeros(len(mean), len(mean))
+        for start in range(0, len(gallery_embeds), block_size):  # blocks: a large gallery is not copied in float32
+            centred = gallery_embeds[start:start + block_size].float() - mean
+            covariance += centred.T @ centred
+        return cls(mean, covariance / len(gallery_embeds))
+
+    def text_zscores(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """`[B, k]`: cos(text_b, image_bk), z-scored over the gallery's distribution of cos(text_b, ·), for
+        normalised `text_embeds` `[B, d]` and `image_embeds` `[B, k, d]`."""
+        texts = text_embeds.float()
+        cosines = torch.einsum("bd,bkd->bk", texts, image_embeds.float())
+        spread = torch.einsum("bd,de,be->b", texts, self.covariance.to(texts.device), texts).clamp_min(1e-12).sqrt()
+        return (cosines - (texts @ self.mean.to(texts.device))[:, None]) / spread[:, None]
+
+
+def nearest_gallery_images(reference_embeds: torch.Tensor, gallery_embeds: torch.Tensor, k: int,
+                           block_size: int = 4096) -> torch.Tensor:
+    """`[B, k, d]`: each reference's k nearest gallery images (cosine, nearest first), its own copies (cosine ≥
+    `SAME_IMAGE_COSINE`) left out. All normalised; the gallery must hold more than k other images."""
+    if len(gallery_embeds) <= k:
+        raise ValueError(f"The grounding gate looks at {k} gallery neighbours: the gallery has {len(gallery_embeds)}.")
+    gallery = gallery_embeds.float()
+    neighbours = []
+    for start in range(0, len(reference_embeds), block_size):
+        scores = reference_embeds[start:start + block_size].float().to(gallery.device) @ gallery.T
+        positions = scores.masked_fill(scores >= SAME_IMAGE_COSINE, float("-inf")).topk(k, dim=1).indices
+        neighbours.append(gallery[positions])
+    return torch.cat(neighbours) if neighbours else gallery.new_zeros(0, k, gallery.shape[-1])
+
+
+def text_grounding(text_embeds: torch.Tensor, neighbour_embeds: torch.Tensor,
+                   gallery_statistics: GalleryStatistics) -> torch.Tensor:
+    """`[B]`: how well each modification text picks out one of its reference's look-alikes: the largest z-scored
+    cosine (over the gallery, `GalleryStatistics.text_zscores`) between the text embedding `[B, d]` and the
+    reference's nearest gallery images `[B, k, d]` (`nearest_gallery_images`). Low where the text names something
+    the encoder does not see among those images: every look-alike scores as an unrelated image would."""
+    return gallery_statistics.text_zscores(text_embeds, neighbour_embeds).max(dim=1).values
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -777,6 +839,7 @@ class ScotModel(ScotPreTrainedModel):
         *,
         pixel_values: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None, image_token_embeds: torch.Tensor | None = None,
+        gallery_neighbour_embeds: torch.Tensor | None = None, gallery_statistics: GalleryStatistics | None = None,
         return_text_weight: bool = False, **kwargs,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         r"""The composed query V_c for reference images and modification texts: the one entry point evaluation,
@@ -794,6 +857,12 @@ class ScotModel(ScotPreTrainedModel):
             image_token_embeds (`torch.Tensor`, *optional*):
                 The image encoder's token states, read by the pseudo-word composer besides `image_embeds` (see
                 `composer_image_inputs` and `get_composer_image_features`); else computed from `pixel_values`.
+            gallery_neighbour_embeds (`torch.Tensor` of shape `(batch_size, k, embed_dim)`, *optional*):
+                Each reference's k = `config.grounding_gate_neighbours` nearest gallery images, its own copies left
+                out (`nearest_gallery_images`), with `gallery_statistics` (`GalleryStatistics` of the gallery): the
+                grounding gate's view of the gallery. With both, and the gate on in the config, a query whose text
+                does not pick out one of them (`text_grounding` < `config.grounding_gate_threshold`) is the reference
+                image embedding (its λ 0). Without them (training, a caller with no gallery) no query is gated.
             return_text_weight (`bool`): also return the composer's weight on the text, λ `[batch, 1]` (None for
                 a composer without one).
 
@@ -813,13 +882,42 @@ class ScotModel(ScotPreTrainedModel):
                               ("reference image", "modification text"))
             composed_embeds = self._pseudo_word_prompt_features("prompt", image_embeds, image_token_embeds,
                                                                 input_ids, attention_mask)
-            return (composed_embeds, None) if return_text_weight else composed_embeds
-        image_embeds, text_embeds = self._query_inputs(
-            image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
-        )
-        _check_same_batch("get_composed_features", image_embeds, text_embeds, ("reference image", "modification text"))
-        composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
+            text_weight = None
+        else:
+            image_embeds, text_embeds = self._query_inputs(
+                image_embeds, pixel_values, text_embeds, input_ids, attention_mask, token_type_ids, **kwargs
+            )
+            _check_same_batch("get_composed_features", image_embeds, text_embeds,
+                              ("reference image", "modification text"))
+            composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
+        if self.config.grounding_gate_neighbours and (gallery_neighbour_embeds is not None
+                                                      or gallery_statistics is not None):
+            if text_embeds is None:  # the pseudo-word composer never embeds the modification on its own
+                text_embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
+                                                     token_type_ids=token_type_ids)
+            composed_embeds, text_weight = self._grounding_gate(composed_embeds, text_weight, image_embeds,
+                                                                text_embeds, gallery_neighbour_embeds,
+                                                                gallery_statistics)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
+
+    def _grounding_gate(self, composed_embeds, text_weight, image_embeds, text_embeds, neighbour_embeds,
+                        gallery_statistics) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The composed queries with those whose text is not grounded among the reference's look-alikes
+        replaced by the reference image embedding (`ScotConfig.grounding_gate_neighbours`)."""
+        k = self.config.grounding_gate_neighbours
+        if neighbour_embeds is None or gallery_statistics is None:
+            raise ValueError("The grounding gate needs both gallery_neighbour_embeds and gallery_statistics.")
+        expected = (len(composed_embeds), k, self.config.embed_dim)
+        if tuple(neighbour_embeds.shape) != expected:
+            raise ValueError(f"gallery_neighbour_embeds must be [batch, grounding_gate_neighbours, embed_dim] = "
+                             f"{list(expected)}, got {list(neighbour_embeds.shape)}.")
+        grounding = text_grounding(F.normalize(text_embeds.float(), dim=-1), neighbour_embeds, gallery_statistics)
+        gated = (grounding < self.config.grounding_gate_threshold).to(composed_embeds.device)[:, None]
+        composed_embeds = torch.where(gated, F.normalize(image_embeds, dim=-1).to(composed_embeds.dtype),
+                                      composed_embeds)
+        if text_weight is not None:
+            text_weight = text_weight.masked_fill(gated, 0.0)
+        return composed_embeds, text_weight
 
     def forward(
         self,

@@ -65,7 +65,8 @@ def evaluate_prepared(model, prepared_tasks: list[PreparedTask], method: str = "
                                        reference_norms=prepared.reference_norms, text_norms=prepared.text_norms,
                                        reference_available=prepared.reference_available,
                                        reference_features=prepared.reference_features,
-                                       reference_feature_rows=prepared.reference_feature_rows)
+                                       reference_feature_rows=prepared.reference_feature_rows,
+                                       gallery_embeds=prepared.gallery_embeds)
             with torch.inference_mode():
                 scores = similarity_scores(queries, prepared.gallery_embeds, device)
             metric_values, submission = protocol.evaluate_task(prepared, scores)

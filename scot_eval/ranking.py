@@ -10,13 +10,17 @@ four are the baselines on the same encoder that the papers report.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from modeling_scot.modeling_scot import GalleryStatistics, nearest_gallery_images
 from scot_core import eval_mode
 from scot_core.encoding import model_device_dtype
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("scot", "image", "text", "sum", "raw_sum")
 
@@ -28,11 +32,13 @@ def check_method(method: str) -> None:
 
 def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, texts: Sequence[str] | None,
                       processor, batch_size: int, reference_features: dict[str, torch.Tensor] | None = None,
-                      feature_rows: torch.Tensor | None = None) -> torch.Tensor:
+                      feature_rows: torch.Tensor | None = None,
+                      gallery_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """`model.get_composed_features` in batches: from the cached text embeddings where the composer accepts them,
     else from the modification's tokens (a composer that reads the text itself); with the reference images' other
     composer inputs (`reference_features[name][feature_rows[i]]` for query i) where the composer reads more than
-    the pooled embedding."""
+    the pooled embedding; with the gallery's view the grounding gate needs (each reference's nearest gallery images
+    and the gallery's statistics) where the model's config turns the gate on and `gallery_embeds` is given."""
     if not model.composer_accepts_text_embeds and (texts is None or processor is None):
         raise ValueError(f"{type(model).__name__}'s composer reads the modification's tokens: pass the query texts "
                          "and the processor (evaluate_prepared(..., processor=processor)).")
@@ -42,6 +48,12 @@ def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tens
         raise ValueError(f"{type(model).__name__}'s composer also reads {missing} of each reference image: pass "
                          "reference_features (prepare_task computes them for such a model).")
     device, dtype = model_device_dtype(model)
+    gate_neighbours = getattr(model.config, "grounding_gate_neighbours", 0) if gallery_embeds is not None else 0
+    if gate_neighbours and len(gallery_embeds) <= gate_neighbours:  # too small a gallery to have look-alikes
+        logger.warning("The gallery has %d images, not more than the grounding gate's %d neighbours: no query is "
+                       "gated.", len(gallery_embeds), gate_neighbours)
+        gate_neighbours = 0
+    gallery_statistics = GalleryStatistics.from_embeds(gallery_embeds) if gate_neighbours else None
     batches = []
     with eval_mode(model):
         for start in range(0, len(image_embeds), batch_size):
@@ -50,6 +62,10 @@ def _composed_queries(model, image_embeds: torch.Tensor, text_embeds: torch.Tens
             rows = feature_rows[start:stop] if feature_rows is not None else slice(start, stop)
             image_side = {name: reference_features[name][rows].to(device=device, dtype=dtype)
                           for name in model.composer_image_inputs if name != "image_embeds"}
+            if gate_neighbours:
+                image_side["gallery_neighbour_embeds"] = nearest_gallery_images(
+                    image_embeds[start:stop], gallery_embeds, gate_neighbours).to(device=device, dtype=dtype)
+                image_side["gallery_statistics"] = gallery_statistics
             if model.composer_accepts_text_embeds:
                 composed = model.get_composed_features(
                     image_embeds=images, text_embeds=text_embeds[start:stop].to(device=device, dtype=dtype),
@@ -77,7 +93,8 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
                      text_norms: torch.Tensor | None = None,
                      reference_available: torch.Tensor | None = None,
                      reference_features: dict[str, torch.Tensor] | None = None,
-                     reference_feature_rows: torch.Tensor | None = None) -> torch.Tensor:
+                     reference_feature_rows: torch.Tensor | None = None,
+                     gallery_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """`[Q, D]` float32 query embeddings from `[Q, D]` reference image and `[Q, T, D]` text embeddings (normalised).
 
     With T > 1 (several phrasings of one query) the T normalised queries are averaged and normalised again.
@@ -87,7 +104,9 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
     `reference_available` is False (a test query whose reference image is missing) get the `text` query, whatever
     the method: the best ranking there is without the image. A composer that reads more of the reference image than
     its pooled embedding (`model.composer_image_inputs`: the pseudo-word composer's token states) takes it from
-    `reference_features` (`{name: [R, ...]}`), query i's at row `reference_feature_rows[i]` (default: row i)."""
+    `reference_features` (`{name: [R, ...]}`), query i's at row `reference_feature_rows[i]` (default: row i).
+    `gallery_embeds` (`[G, D]`, normalised), the gallery the queries will rank, is read by the `scot` method only
+    where the model's grounding gate is on (`ScotConfig.grounding_gate_neighbours`)."""
     check_method(method)
     if text_embeds.ndim == 2:
         text_embeds = text_embeds[:, None]
@@ -106,7 +125,7 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
                 reference_norms=_rows(reference_norms, available), text_norms=_rows(text_norms, available),
                 reference_features=reference_features,
                 reference_feature_rows=(torch.arange(num_queries) if reference_feature_rows is None
-                                        else reference_feature_rows)[available])
+                                        else reference_feature_rows)[available], gallery_embeds=gallery_embeds)
         return queries
     if method == "image":
         return F.normalize(reference_embeds.float(), dim=-1)
@@ -129,7 +148,7 @@ def query_embeddings(model, reference_embeds: torch.Tensor, text_embeds: torch.T
                                  f"queries, like text_embeds; got {len(flat_texts)} texts.")
         feature_rows = torch.arange(num_queries) if reference_feature_rows is None else reference_feature_rows
         queries = _composed_queries(model, images, texts, flat_texts, processor, batch_size, reference_features,
-                                    feature_rows.repeat_interleave(num_phrasings))
+                                    feature_rows.repeat_interleave(num_phrasings), gallery_embeds)
     return F.normalize(queries.reshape(num_queries, num_phrasings, -1).sum(dim=1), dim=-1)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from modeling_scot.modeling_scot import SAME_IMAGE_COSINE, GalleryStatistics
 from scot_core import (
     DEFAULT_MAX_PIXELS,
     encoder_fingerprint,
@@ -29,8 +30,6 @@ from .index import GalleryIndex
 
 logger = logging.getLogger(__name__)
 
-# A gallery image this close to the reference is the reference itself (or a byte-different copy of it)
-SAME_IMAGE_COSINE = 0.9999
 # extra results fetched so that removing copies of the reference still leaves k
 REFERENCE_COPIES = 8
 
@@ -114,6 +113,25 @@ class GallerySearcher:
         self.processor = processor
         self.index = index
         self._dataset = None  # a dataset gallery's images, loaded by `hit_image` when first needed
+        self._gallery_statistics = None  # the grounding gate's, computed on the first gated query
+
+    def _grounding_gate_inputs(self, image_embeds: torch.Tensor) -> dict:
+        """What `get_composed_features` reads of the gallery for the model's grounding gate: the reference's k
+        nearest indexed images (its copies left out) and the gallery's statistics. Empty when the gate is off."""
+        k = self.model.config.grounding_gate_neighbours
+        if not k or len(self.index) <= k:
+            return {}
+        if self._gallery_statistics is None:
+            self._gallery_statistics = GalleryStatistics.from_embeds(torch.from_numpy(self.index.embeds))
+        reference = image_embeds[0].float().cpu().numpy()
+        _, positions = self.index.search(image_embeds, k + REFERENCE_COPIES)
+        kept = [int(position) for position in positions[0]
+                if position >= 0 and float(self.index.embeds[position] @ reference) < SAME_IMAGE_COSINE][:k]
+        if len(kept) < k:  # more copies of the reference than REFERENCE_COPIES: no gate for this query
+            return {}
+        neighbours = torch.from_numpy(self.index.embeds[kept])[None]
+        return {"gallery_neighbour_embeds": neighbours.to(image_embeds.device, image_embeds.dtype),
+                "gallery_statistics": self._gallery_statistics}
 
     @classmethod
     def from_pretrained(cls, index_dir, model_name_or_path: str | None = None, device: str | None = None,
@@ -155,8 +173,8 @@ class GallerySearcher:
                                "token_type_ids": tokens.get("token_type_ids")}
             if image is not None and text is not None:
                 # the model's one entry point for a composed query: the composer decides what it reads of the text
-                query_embeds, weight = self.model.get_composed_features(**image_side, **text_inputs,
-                                                                        return_text_weight=True)
+                query_embeds, weight = self.model.get_composed_features(
+                    **image_side, **text_inputs, **self._grounding_gate_inputs(image_embeds), return_text_weight=True)
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from modeling_scot.modeling_scot import SAME_IMAGE_COSINE  # a gallery image this close is the reference (a copy)
 from scot_core import (
     atomic_save_file,
     atomic_write_json,
@@ -272,8 +273,6 @@ def _build(model, processor, dataset, columns, folder, batch_size, chunk_size, s
 # first order; Liang et al. 2022, "Mind the Gap"); or the training image nearest to it (the paper's Table 3
 # comparison, "retrieved image supervision").
 TARGETS = ("text", "text_gap", "retrieved_image")
-# A gallery image this close to the reference is the reference itself (or a byte-different copy): never its target.
-SAME_IMAGE_COSINE = 0.9999
 # The floor probe of the validation (`ScotTrainer`): the training image retrieved by the modified caption and the
 # reference with equal weight (fixed, whatever a run's own retrieval_reference_weight), so that runs compare on it
 FLOOR_PROBE_REFERENCE_WEIGHT = 1.0

@@ -40,6 +40,7 @@ from transformers.trainer_utils import TrainOutput
 from scot_core import load_scot_or_backbone
 from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
+from trainers.grounding_gate import calibrate_model_gate
 from trainers.pseudo_word import (
     CachedComposingDataset,
     ImageCaptionPairs,
@@ -232,6 +233,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
     eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
                  else f"The held-out part of {training_args.dataset_name}")
+    if training_args.grounding_gate_alpha is not None and (
+            not data_args.use_embedding_cache or eval_rows is None or training_args.composer_stage is not None):
+        raise ValueError("grounding_gate_alpha calibrates the gate on a Combiner's cached validation slice: it needs "
+                         "use_embedding_cache true and a held-out split (eval_split or eval_fraction > 0), and no "
+                         "composer_stage.")
     if _check_composer_stage(model, training_args.composer_stage) is not None:
         return _build_pseudo_word_trainer(model, processor, (train_rows, train_name), (eval_rows, eval_name), columns,
                                           data_args, training_args, callbacks)
@@ -376,6 +382,13 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     merged = trainer.accelerator.unwrap_model(trainer.model).merge_composer_adapters()
     if merged:
         logger.info("merged the LoRA adapters of %d layers into the text encoder", merged)
+    gate = {}
+    if trainer.args.grounding_gate_alpha is not None:  # before saving: the gate lives in the saved config
+        gate = calibrate_model_gate(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_dataset,
+                                    trainer.train_dataset.cache.image_embeds, trainer.args.grounding_gate_neighbours,
+                                    trainer.args.grounding_gate_alpha, seed=trainer.args.seed)
+        logger.info("grounding gate: threshold %.3f, %.1f%% of the validation queries answered by the image alone",
+                    gate["threshold"], 100 * gate["gated_fraction"])
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
     train_metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}  # the examples' convention
     trainer.log_metrics("train", train_metrics)
@@ -384,6 +397,7 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     eval_metrics = {}
     if trainer.eval_dataset is not None:
         eval_metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
+        eval_metrics.update({f"eval_grounding_gate_{name}": value for name, value in gate.items()})
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
     # the card again, now that the final evaluation is logged: its numbers describe the saved weights

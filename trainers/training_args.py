@@ -148,6 +148,14 @@ class ScotTrainingArguments(TrainingArguments):
                 "embedding cache."})
     image_floor_temperature: float = field(default=0.05, metadata={
         "help": "τ of image_floor_loss: the two retrieval losses it compares are cross-entropies over cos / τ."})
+    grounding_gate_alpha: float | None = field(default=None, metadata={
+        "help": "Ours, not the paper's: after training, turn on the grounding gate (ScotConfig."
+                "grounding_gate_neighbours / grounding_gate_threshold: at retrieval, a query whose text does not pick "
+                "out one of the reference's nearest gallery images is answered with the image alone), its threshold "
+                "the (1 - alpha) quantile of a permutation null on the validation slice (trainers.grounding_gate). "
+                "Unset = no gate; needs the embedding cache and a held-out split."})
+    grounding_gate_neighbours: int = field(default=10, metadata={
+        "help": "k of the grounding gate: how many of the reference's nearest gallery images the text is tested on."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -161,6 +169,11 @@ class ScotTrainingArguments(TrainingArguments):
         if self.image_floor_weight > 0 and self.retrieved_image_weight == 0:
             raise ValueError("image_floor_weight > 0 compares the composed query with the reference image on the "
                              "retrieved-image targets: set retrieved_image_weight > 0 as well.")
+        if self.grounding_gate_alpha is not None and not 0.0 < self.grounding_gate_alpha < 1.0:
+            raise ValueError(f"grounding_gate_alpha must be in (0, 1) (or unset: no gate), got "
+                             f"{self.grounding_gate_alpha}.")
+        if self.grounding_gate_neighbours < 1:
+            raise ValueError(f"grounding_gate_neighbours must be >= 1, got {self.grounding_gate_neighbours}.")
         if not self.image_floor_temperature > 0:
             raise ValueError(f"image_floor_temperature must be > 0, got {self.image_floor_temperature}.")
         if self.cir_benchmark is None:

@@ -12,6 +12,7 @@ from demo import run
 from demo.benchmark import KINDS, build_kinds_benchmark, load_kinds
 from demo.data import TINT_COLOURS, prepare_image, tint
 from demo.report import METHOD_NAMES
+from modeling_scot import ScotModel, ScotProcessor
 
 from .test_benchmark import _black_stamp
 from .test_benchmark_kinds import _stamp
@@ -37,7 +38,12 @@ def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kin
     args = run.DemoArguments(output_dir=str(tmp_path / "out"), scot_model_dir=str(tmp_path / "scot-demo"))
     (tmp_path / "out").mkdir()
     triplet_stats = {"kept_rows": 64, "per_generator": {"templates": 64}}
-    combiners = {method: scot_folder for method in run.COMBINERS}  # the same model under every name here
+    gated = tmp_path / "scot-gated"  # the default is gated: the report then has its ungated row too
+    ScotModel.from_pretrained(scot_folder, grounding_gate_neighbours=2, grounding_gate_threshold=0.5).save_pretrained(
+        gated)
+    ScotProcessor.from_pretrained(scot_folder).save_pretrained(gated)
+    combiners = {method: scot_folder for method in run.COMBINERS}  # the same model under every other name here
+    combiners["scot"] = gated
     summary = run.evaluate_and_report(args, combiners, kinds, triplet_stats, {}, time.perf_counter())
 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -46,7 +52,7 @@ def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kin
     for per_method in written["kinds"].values():
         assert list(per_method) == list(METHOD_NAMES)
         assert all(list(values) == list(run.BENCHMARK_METRICS) for values in per_method.values())
-        assert per_method["scot_infonce"] == per_method["scot"]
+        assert per_method["scot_infonce"] == per_method["scot_ungated"]  # the same weights, without the gate
     for method, values in written["average"].items():  # the average is the mean of the kinds, metric by metric
         for key, value in values.items():
             mean = sum(written["kinds"][kind][method][key] for kind in KINDS) / len(KINDS)

@@ -1,0 +1,198 @@
+"""Issue 14's sixth ablation round: the grounding gate (`ScotConfig.grounding_gate_*`), chosen on the triplets'
+validation slice and then reported on every kind of the demo benchmark, with and without it, over seeds.
+
+    python -m demo.grounding_gate [--output_dir outputs/demo] [--variant scot+text+image_ref+anchor+floor]
+
+Needs a finished `make ablations` run of `--variant` with its seeds (the fifth round's default by default): the gate
+is applied at inference only, so the same Combiner weights are scored with and without it. For each seed: the
+validation slice of that seed (its own 5% of the triplets), the training images as the gallery; θ for each α of
+`ALPHAS` from the permutation null (`trainers.grounding_gate`), and the composed -> floor image R@1 over all the
+training images with the gate at that θ. The rule (docs/ablations.md, sixth round): α = the strictest candidate
+whose mean validation R@1 is not below the ungated one. Then every kind of the benchmark, gated at that α (θ
+calibrated per seed) and ungated. Writes `{output_dir}/ablations/grounding_gate.json` and `grounding_gate.md`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("demo.grounding_gate")
+
+ALPHAS = (0.9, 0.75, 0.5, 0.25, 0.1)
+NEIGHBOURS = 10
+
+
+@dataclass
+class GateArguments:
+    output_dir: str = field(default="outputs/demo", metadata={"help": "The folder `make demo` wrote."})
+    triplets_dir: str = field(default="scot-triplets", metadata={"help": "The demo's triplets."})
+    variant: str = field(default="scot+text+image_ref+anchor+floor", metadata={
+        "help": "The ablation variant whose selected setting and seeds are gated."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Its seeds (0: the search's)."})
+
+
+def seed_models(args: GateArguments) -> dict[int, Path]:
+    """`{seed: model folder}` of the variant's selected setting: seed 0 is the search's run, the others the final
+    runs of `demo.ablations`."""
+    from demo.ablations import grid
+
+    root = Path(args.output_dir) / "ablations"
+    results = json.loads((root / "results.json").read_text())
+    if args.variant not in results["selected"]:
+        raise ValueError(f"{root / 'results.json'} has no selected setting for {args.variant!r}: run "
+                         f"`python -m demo.ablations --variants {args.variant} --seeded_variants {args.variant}`.")
+    number = grid(args.variant).index(results["selected"][args.variant])
+    folders = {seed: root / "final" / args.variant / f"seed-{seed}" for seed in args.seeds if seed}
+    folders[0] = root / "search" / args.variant / f"setting-{number}"
+    missing = [str(folder) for folder in folders.values() if not (folder / "model.safetensors").is_file()]
+    if missing:
+        raise FileNotFoundError(f"Missing trained Combiners {missing}: run `make ablations` for {args.variant}.")
+    return dict(sorted(folders.items()))
+
+
+def validation_view(args: GateArguments, seed: int):
+    """The training and validation datasets (cached embeddings, with probes) of `seed`, as `demo.ablations` trained
+    the variant on them."""
+    from demo.ablations import VARIANTS
+    from trainers.train import build_trainer
+    from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
+
+    loss_type, target, _, fixed = VARIANTS[args.variant]
+    trainer = build_trainer(
+        ModelArguments(model_name_or_path=str(Path(args.output_dir) / "backbone"), text_pooling="mean",
+                       loss_type=loss_type),
+        DataArguments(eval_fraction=0.05, embedding_cache_dir=str(Path(args.output_dir) / "embedding-cache"),
+                      target=target, retrieval_reference_weight=fixed.get("retrieval_reference_weight", 0.0)),
+        ScotTrainingArguments(output_dir=str(Path(args.output_dir) / "ablations" / "gate-scratch"),
+                              dataset_name=args.triplets_dir, seed=seed, report_to="none", disable_tqdm=True,
+                              retrieved_image_weight=fixed.get("retrieved_image_weight", 0.0)),
+    )
+    return trainer.train_dataset, trainer.eval_dataset
+
+
+def floor_recall(model, train_dataset, eval_dataset, threshold: float | None) -> tuple[float, float]:
+    """Composed -> floor image R@1 (%) of the validation rows over all the training images (the reference left out),
+    gated at `threshold` (None: no gate), and the share of rows gated (%)."""
+    from modeling_scot import GalleryStatistics, nearest_gallery_images
+    from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
+
+    normalize = torch.nn.functional.normalize
+    rows = [eval_dataset[index] for index in range(len(eval_dataset))]
+    images = normalize(torch.stack([row["image_embeds"] for row in rows]).float(), dim=-1)
+    texts = normalize(torch.stack([row["text_embeds"] for row in rows]).float(), dim=-1)
+    floors = normalize(torch.stack([row["probe_floor_image_embeds"] for row in rows]).float(), dim=-1)
+    gallery = normalize(train_dataset.cache.image_embeds.float(), dim=-1)
+    gated_model = copy.deepcopy(model).eval()
+    gate = {}
+    if threshold is not None:
+        gated_model.config.grounding_gate_neighbours = NEIGHBOURS
+        gated_model.config.grounding_gate_threshold = threshold
+        gate = {"gallery_neighbour_embeds": nearest_gallery_images(images, gallery, NEIGHBOURS),
+                "gallery_statistics": GalleryStatistics.from_embeds(gallery)}
+    with torch.no_grad():
+        queries, text_weight = gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
+                                                                 return_text_weight=True, **gate)
+    same = images @ gallery.T >= SAME_IMAGE_COSINE
+    answers = (floors @ gallery.T).argmax(dim=1)
+    ranked = (queries.float() @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
+    gated = (text_weight == 0).float().mean() if threshold is not None else torch.tensor(0.0)
+    return 100 * float((ranked == answers).float().mean()), 100 * float(gated)
+
+
+def run(args: GateArguments) -> dict:
+    from demo.ablations import REPORT_METRICS, AblationArguments, prepare_kinds
+    from modeling_scot import ScotModel
+    from scot_eval.evaluation import evaluate_prepared
+    from trainers.grounding_gate import calibrate_model_gate
+
+    prepared, processor, baselines = prepare_kinds(AblationArguments(output_dir=args.output_dir))
+    results = {"variant": args.variant, "neighbours": NEIGHBOURS, "baselines": baselines, "seeds": {}}
+    for seed, folder in seed_models(args).items():
+        model = ScotModel.from_pretrained(folder).eval()
+        train_dataset, eval_dataset = validation_view(args, seed)
+        line = {"model": str(folder), "validation": {"ungated": floor_recall(model, train_dataset, eval_dataset,
+                                                                             None)[0]}}
+        for alpha in ALPHAS:
+            calibration = calibrate_model_gate(copy.deepcopy(model), eval_dataset, train_dataset.cache.image_embeds,
+                                               NEIGHBOURS, alpha, seed=seed)
+            recall, gated = floor_recall(model, train_dataset, eval_dataset, calibration["threshold"])
+            line["validation"][str(alpha)] = {"threshold": calibration["threshold"], "R@1": recall, "gated": gated}
+        results["seeds"][str(seed)] = line
+        logger.warning("seed %d: %s", seed, line["validation"])
+    seeds = results["seeds"].values()
+    ungated = statistics.mean(line["validation"]["ungated"] for line in seeds)
+    # the rule: the strictest α (most queries gated) whose mean validation R@1 is not below the ungated one
+    kept = [alpha for alpha in ALPHAS
+            if statistics.mean(line["validation"][str(alpha)]["R@1"] for line in seeds) >= ungated]
+    alpha = min(kept) if kept else None
+    results["selected_alpha"] = alpha
+    for seed, folder in seed_models(args).items():
+        line = results["seeds"][str(seed)]
+        model = ScotModel.from_pretrained(folder).eval()
+        line["benchmark_ungated"] = {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor)
+                                                       .metrics[key], 2) for key in REPORT_METRICS}
+                                     for kind, task in prepared.items()}
+        if alpha is not None:
+            train_dataset, eval_dataset = validation_view(args, seed)
+            calibrate_model_gate(model, eval_dataset, train_dataset.cache.image_embeds, NEIGHBOURS, alpha, seed=seed)
+            line["benchmark_gated"] = {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor)
+                                                         .metrics[key], 2) for key in REPORT_METRICS}
+                                       for kind, task in prepared.items()}
+    root = Path(args.output_dir) / "ablations"
+    (root / "grounding_gate.json").write_text(json.dumps(results, indent=2))
+    (root / "grounding_gate.md").write_text(format_report(results))
+    return results
+
+
+def format_report(results: dict) -> str:
+    seeds = list(results["seeds"].values())
+
+    def mean(values) -> float:
+        return statistics.mean(values)
+
+    lines = [f"Grounding gate on `{results['variant']}` (k = {results['neighbours']}), seeds "
+             f"{', '.join(results['seeds'])}.", "",
+             "Validation (composed -> floor image R@1 over all training images, mean of the seeds):", "",
+             "| α | θ (mean) | gated (%) | validation R@1 |", "| ---: | ---: | ---: | ---: |",
+             f"| no gate | — | 0 | {mean(line['validation']['ungated'] for line in seeds):.2f} |"]
+    for alpha in ALPHAS:
+        entries = [line["validation"][str(alpha)] for line in seeds]
+        lines.append(f"| {alpha} | {mean(e['threshold'] for e in entries):.2f} | "
+                     f"{mean(e['gated'] for e in entries):.1f} | {mean(e['R@1'] for e in entries):.2f} |")
+    lines += ["", f"Selected by the rule: α = {results['selected_alpha']}.", ""]
+    kinds = list(seeds[0]["benchmark_ungated"])
+    lines += ["Benchmark R@1 per kind (mean ± std over the seeds):", "",
+              "| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
+    for method, values in results["baselines"].items():
+        cells = [values[kind]["R@1"] for kind in kinds]
+        lines.append(f"| {method} only |" if method != "sum" else "| image + text |")
+        lines[-1] += "".join(f" {cell:.1f} |" for cell in cells) + f" {mean(cells):.1f} |"
+    for name, key in (("ungated", "benchmark_ungated"), ("gated", "benchmark_gated")):
+        if key not in seeds[0]:
+            continue
+        per_seed = [[line[key][kind]["R@1"] for kind in kinds] for line in seeds]
+        cells = [[row[i] for row in per_seed] for i in range(len(kinds))] + [[mean(row) for row in per_seed]]
+        spread = [f" {mean(c):.1f} ± {statistics.pstdev(c):.1f} |" for c in cells]
+        lines.append(f"| {results['variant']}, {name} |" + "".join(spread))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    (args,) = HfArgumentParser(GateArguments).parse_args_into_dataclasses(argv)
+    results = run(args)
+    print(format_report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
