@@ -145,7 +145,9 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
         anchor = "" if result.image_anchor_weight is None else f", image anchor β = **{result.image_anchor_weight:g}**"
         weights = "" if weight is None else (f"**Combiner weights:** text λ = **{weight:.2f}**, image 1 − λ = "
                                              f"**{1 - weight:.2f}**{anchor} · ")
-        summary = f"{weights}top {len(result.hits)} of {len(index)} gallery images"
+        gate = ("**Grounding gate:** the text picks out none of the reference's look-alikes here, so the image "
+                "alone answers · " if result.grounded is False else "")
+        summary = f"{weights}{gate}top {len(result.hits)} of {len(index)} gallery images"
         return gallery, table, summary
 
     with gr.Blocks(title="SCOT composed image search") as app:

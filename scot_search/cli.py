@@ -127,6 +127,9 @@ def format_table(result) -> str:
                      f"{1 - result.text_weight:.3f}{anchor}")
     else:
         lines.append("composed query" if result.mode == "composed" else f"{result.mode}-only query")
+    if result.grounded is False:
+        lines.append("grounding gate: the text picks out none of the reference's look-alikes in this gallery, so the "
+                     "image alone answers")
     width = max([len("id"), *(len(hit.id) for hit in result.hits)])
     lines.append(f"{'rank':>4}  {'score':>7}  {'id':<{width}}")
     lines.extend(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.id:<{width}}" for hit in result.hits)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from modeling_scot.modeling_scot import SAME_IMAGE_COSINE, GalleryStatistics
+from modeling_scot.modeling_scot import SAME_IMAGE_COSINE, GalleryStatistics, text_grounding
 from scot_core import (
     DEFAULT_MAX_PIXELS,
     encoder_fingerprint,
@@ -47,12 +47,15 @@ class SearchHit:
 class SearchResult:
     """Top-K of one query. `mode` is "composed", "image" or "text"; `text_weight` is the Combiner's λ (the weight
     on the text embedding; 1 − λ on the image) for composed queries, else None; `image_anchor_weight` the
-    Combiner's image anchor β (`ScotConfig.image_anchor_weight`) when it has one, else None."""
+    Combiner's image anchor β (`ScotConfig.image_anchor_weight`) when it has one, else None; `grounded`, for a
+    composed query of a model with the grounding gate, whether its text picked out one of the reference's look-alikes
+    (False: the query was answered by the image alone, λ 0), else None."""
 
     mode: str
     hits: list[SearchHit] = field(default_factory=list)
     text_weight: float | None = None
     image_anchor_weight: float | None = None
+    grounded: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,11 +174,17 @@ class GallerySearcher:
                 tokens = self.processor(text=[text.strip()], return_tensors="pt").to(device)
                 text_inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
                                "token_type_ids": tokens.get("token_type_ids")}
+            grounded = None
             if image is not None and text is not None:
                 # the model's one entry point for a composed query: the composer decides what it reads of the text
-                query_embeds, weight = self.model.get_composed_features(
-                    **image_side, **text_inputs, **self._grounding_gate_inputs(image_embeds), return_text_weight=True)
+                gate = self._grounding_gate_inputs(image_embeds)
+                query_embeds, weight = self.model.get_composed_features(**image_side, **text_inputs, **gate,
+                                                                        return_text_weight=True)
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
+                if gate:  # said to the user: an answer by the image alone is not the composed one
+                    grounding = text_grounding(self.model.get_text_features(**text_inputs),
+                                               gate["gallery_neighbour_embeds"], gate["gallery_statistics"])
+                    grounded = bool(grounding[0] >= self.model.config.grounding_gate_threshold)
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"
             else:
@@ -191,7 +200,8 @@ class GallerySearcher:
                           row=self.index.rows[position]) for rank, (score, position) in enumerate(kept[:k], start=1)]
         # the anchor is the Combiner's (the one composer with a λ); β = 0 is no anchor
         anchor = self.model.config.image_anchor_weight if text_weight is not None else 0.0
-        return SearchResult(mode=mode, hits=hits, text_weight=text_weight, image_anchor_weight=anchor or None)
+        return SearchResult(mode=mode, hits=hits, text_weight=text_weight, image_anchor_weight=anchor or None,
+                            grounded=grounded)
 
     def hit_image(self, hit: SearchHit):
         """The decoded image of a hit (RGB PIL): its indexed file (folder galleries; only if it is still the file

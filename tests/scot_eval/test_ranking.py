@@ -106,3 +106,27 @@ def test_a_query_without_its_reference_image_is_ranked_by_its_text(model_and_pro
     expected = query_embeddings(model, images[available], texts[available], method,
                                 reference_norms=reference_norms[available], text_norms=text_norms[available])
     torch.testing.assert_close(queries[available], expected, atol=1e-6, rtol=0)
+
+
+def test_the_grounding_gate_reads_the_gallery_it_ranks(model_and_processor, monkeypatch, caplog):
+    from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
+
+    model, _ = model_and_processor
+    images, texts = _inputs(model, phrasings=1)
+    gallery = F.normalize(torch.randn(20, model.config.embed_dim, generator=torch.Generator().manual_seed(5)), dim=-1)
+    ungated = query_embeddings(model, images, texts, "scot", gallery_embeds=gallery)  # the gate off: unchanged
+    assert torch.allclose(ungated, query_embeddings(model, images, texts, "scot"), atol=1e-6)
+    grounding = text_grounding(texts[:, 0], nearest_gallery_images(images, gallery, 3),
+                               GalleryStatistics.from_embeds(gallery))
+    monkeypatch.setattr(model.config, "grounding_gate_neighbours", 3)
+    monkeypatch.setattr(model.config, "grounding_gate_threshold", float(grounding.median()))
+    gated = query_embeddings(model, images, texts, "scot", gallery_embeds=gallery)
+    below = grounding < model.config.grounding_gate_threshold
+    assert 0 < int(below.sum()) < len(below)
+    assert torch.allclose(gated[below], images[below], atol=1e-6)  # answered by the image alone
+    assert torch.allclose(gated[~below], ungated[~below], atol=1e-6)
+    assert torch.allclose(query_embeddings(model, images, texts, "scot"), ungated, atol=1e-6)  # no gallery: no gate
+    # a gallery too small to hold the reference's look-alikes gates nothing, and says so
+    assert torch.allclose(query_embeddings(model, images, texts, "scot", gallery_embeds=gallery[:3]), ungated,
+                          atol=1e-6)
+    assert "no query is gated" in caplog.text

@@ -97,3 +97,25 @@ def test_index_of_another_encoder_is_refused(gallery_index, scot_folder):
         next(model.encoder.parameters()).add_(0.01)  # another encoder, same shapes
     with pytest.raises(ValueError, match="different encoder"):
         GallerySearcher(model, ScotProcessor.from_pretrained(scot_folder), GalleryIndex.load(gallery_index))
+
+
+def test_a_gated_model_answers_an_ungrounded_text_with_the_image_and_says_so(gallery_index, gallery_folder):
+    from scot_search.cli import format_table
+
+    searcher = GallerySearcher.from_pretrained(gallery_index)  # its own model: the config is changed below
+    reference = gallery_folder / "round" / "circle-red.png"
+    ungated = searcher.query(image=str(reference), text="make it blue", k=5)
+    assert ungated.grounded is None  # no gate in the config
+    searcher.model.config.grounding_gate_neighbours = 3
+    for threshold, grounded in ((-1e6, True), (1e6, False)):  # every text passes / none does
+        searcher.model.config.grounding_gate_threshold = threshold
+        result = searcher.query(image=str(reference), text="make it blue", k=5)
+        assert result.grounded is grounded
+        if grounded:
+            assert [hit.id for hit in result.hits] == [hit.id for hit in ungated.hits]
+            assert result.text_weight == pytest.approx(ungated.text_weight)
+        else:  # the image-only ranking, λ 0, and the table says why
+            image_only = searcher.query(image=str(reference), k=5)
+            assert [hit.id for hit in result.hits] == [hit.id for hit in image_only.hits]
+            assert result.text_weight == 0.0
+            assert "the image alone answers" in format_table(result)

@@ -19,7 +19,7 @@ from modeling_scot import ScotModel, ScotProcessor
 from tests.tiny_backbones import save_tiny_clip
 from tests.trainers.triplet_fixtures import StopAt, draw, save_triplet_dataset, triplet_rows
 from trainers.embedding_cache import EmbeddingCache, TripletColumns
-from trainers.train import build_trainer, main, parse_args
+from trainers.train import build_trainer, finish_training, main, parse_args
 from trainers.trainer import ScotTrainer
 from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
@@ -488,3 +488,19 @@ def test_load_triplets_refuses_an_incomplete_folder_and_warns_on_one_without_a_r
     with caplog.at_level("WARNING"):
         train, _ = load_triplets(str(workspace["data"]), data_args, seed=0)
     assert len(train) == 64 and "no record of being complete" in caplog.text
+
+
+def test_the_grounding_gate_is_calibrated_on_the_validation_slice_and_saved(workspace, tmp_path):
+    model_args, _, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=2,
+                                              grounding_gate_alpha=0.5, grounding_gate_neighbours=2)
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"))
+    trainer = build_trainer(model_args, data_args, training_args)
+    metrics = finish_training(trainer, trainer.train())
+    saved = ScotModel.from_pretrained(tmp_path / "out")
+    assert saved.config.grounding_gate_neighbours == 2
+    assert saved.config.grounding_gate_threshold == pytest.approx(metrics["eval"]["eval_grounding_gate_threshold"])
+    assert 0.0 <= metrics["eval"]["eval_grounding_gate_gated_fraction"] <= 1.0
+    # without a held-out split there is nothing to calibrate on: refused before any training
+    with pytest.raises(ValueError, match="grounding_gate_alpha calibrates the gate on a Combiner's cached validation"):
+        build_trainer(model_args, DataArguments(eval_fraction=0.0, embedding_cache_dir=str(tmp_path / "cache")),
+                      training_args)

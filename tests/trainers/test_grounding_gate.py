@@ -1,0 +1,49 @@
+"""`trainers.grounding_gate`: θ of the grounding gate from a permutation null on validation rows."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
+from trainers.grounding_gate import calibrate_grounding_threshold, null_groundings
+
+
+def _rows(count=40, dim=12, seed=0):
+    """References, a gallery holding a look-alike of each moved along its own direction, and texts naming the move."""
+    generator = torch.Generator().manual_seed(seed)
+    references = F.normalize(torch.randn(count, dim, generator=generator), dim=-1)
+    directions = F.normalize(torch.randn(count, dim, generator=generator), dim=-1)
+    looks = F.normalize(references + 0.6 * directions, dim=-1)
+    gallery = torch.cat([references, looks, F.normalize(torch.randn(200, dim, generator=generator), dim=-1)])
+    return references, directions, gallery
+
+
+def test_the_null_is_each_rows_look_alikes_scored_with_permuted_texts():
+    references, texts, gallery = _rows()
+    own, null = null_groundings(references, texts, gallery, neighbours=3, permutations=4, seed=1)
+    statistics = GalleryStatistics.from_embeds(gallery)
+    looks = nearest_gallery_images(references, gallery, 3)
+    torch.testing.assert_close(own, text_grounding(texts, looks, statistics))
+    generator = torch.Generator().manual_seed(1)
+    first = text_grounding(texts[torch.randperm(len(texts), generator=generator)], looks, statistics)
+    assert null.shape == (4 * len(texts),)
+    torch.testing.assert_close(null[:len(texts)], first)
+
+
+def test_the_threshold_is_the_nulls_quantile_and_texts_that_name_the_change_pass_it():
+    references, texts, gallery = _rows()
+    calibration = calibrate_grounding_threshold(references, texts, gallery, neighbours=3, alpha=0.5, seed=1)
+    own, null = null_groundings(references, texts, gallery, neighbours=3, seed=1)
+    assert calibration["threshold"] == pytest.approx(float(null.median()), abs=0.05)
+    assert calibration["gated_fraction"] == pytest.approx(float((own < calibration["threshold"]).float().mean()))
+    assert calibration["gated_fraction"] < 0.2  # these texts name what tells the look-alike apart
+    stricter = calibrate_grounding_threshold(references, texts, gallery, neighbours=3, alpha=0.1, seed=1)
+    assert stricter["threshold"] > calibration["threshold"]
+    assert stricter["gated_fraction"] >= calibration["gated_fraction"]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.5])
+def test_alpha_outside_the_open_unit_interval_is_refused(alpha):
+    references, texts, gallery = _rows(count=4)
+    with pytest.raises(ValueError, match=r"grounding_gate_alpha must be in \(0, 1\)"):
+        calibrate_grounding_threshold(references, texts, gallery, neighbours=2, alpha=alpha)
