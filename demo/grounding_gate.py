@@ -18,6 +18,7 @@ import copy
 import json
 import logging
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,20 +62,25 @@ def validation_view(args: GateArguments, seed: int):
     """The training and validation datasets (cached embeddings, with probes) of `seed`, as `demo.ablations` trained
     the variant on them."""
     from demo.ablations import VARIANTS
+
+    loss_type, target, _, fixed = VARIANTS[args.variant]
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer is built for its datasets, never trained
+        trainer = _trainer(args, seed, loss_type, target, fixed, scratch)
+    return trainer.train_dataset, trainer.eval_dataset
+
+
+def _trainer(args: GateArguments, seed: int, loss_type: str, target: str, fixed: dict, output_dir: str):
     from trainers.train import build_trainer
     from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
-    loss_type, target, _, fixed = VARIANTS[args.variant]
-    trainer = build_trainer(
+    return build_trainer(
         ModelArguments(model_name_or_path=str(Path(args.output_dir) / "backbone"), text_pooling="mean",
                        loss_type=loss_type),
         DataArguments(eval_fraction=0.05, embedding_cache_dir=str(Path(args.output_dir) / "embedding-cache"),
                       target=target, retrieval_reference_weight=fixed.get("retrieval_reference_weight", 0.0)),
-        ScotTrainingArguments(output_dir=str(Path(args.output_dir) / "ablations" / "gate-scratch"),
-                              dataset_name=args.triplets_dir, seed=seed, report_to="none", disable_tqdm=True,
-                              retrieved_image_weight=fixed.get("retrieved_image_weight", 0.0)),
+        ScotTrainingArguments(output_dir=output_dir, dataset_name=args.triplets_dir, seed=seed, report_to="none",
+                              disable_tqdm=True, retrieved_image_weight=fixed.get("retrieved_image_weight", 0.0)),
     )
-    return trainer.train_dataset, trainer.eval_dataset
 
 
 def floor_recall(model, train_dataset, eval_dataset, threshold: float | None) -> tuple[float, float]:
@@ -121,18 +127,12 @@ def run(args: GateArguments) -> dict:
                                                                              None)[0]}}
         for alpha in ALPHAS:
             calibration = calibrate_model_gate(copy.deepcopy(model), eval_dataset, train_dataset.cache.image_embeds,
-                                               NEIGHBOURS, alpha, seed=seed)
+                                               alpha, NEIGHBOURS, seed=seed)
             recall, gated = floor_recall(model, train_dataset, eval_dataset, calibration["threshold"])
             line["validation"][str(alpha)] = {"threshold": calibration["threshold"], "R@1": recall, "gated": gated}
         results["seeds"][str(seed)] = line
         logger.warning("seed %d: %s", seed, line["validation"])
-    seeds = results["seeds"].values()
-    ungated = statistics.mean(line["validation"]["ungated"] for line in seeds)
-    # the rule: the strictest α (most queries gated) whose mean validation R@1 is not below the ungated one
-    kept = [alpha for alpha in ALPHAS
-            if statistics.mean(line["validation"][str(alpha)]["R@1"] for line in seeds) >= ungated]
-    alpha = min(kept) if kept else None
-    results["selected_alpha"] = alpha
+    alpha = results["selected_alpha"] = select_alpha(results["seeds"])
     for seed, folder in seed_models(args).items():
         line = results["seeds"][str(seed)]
         model = ScotModel.from_pretrained(folder).eval()
@@ -141,7 +141,7 @@ def run(args: GateArguments) -> dict:
                                      for kind, task in prepared.items()}
         if alpha is not None:
             train_dataset, eval_dataset = validation_view(args, seed)
-            calibrate_model_gate(model, eval_dataset, train_dataset.cache.image_embeds, NEIGHBOURS, alpha, seed=seed)
+            calibrate_model_gate(model, eval_dataset, train_dataset.cache.image_embeds, alpha, NEIGHBOURS, seed=seed)
             line["benchmark_gated"] = {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor)
                                                          .metrics[key], 2) for key in REPORT_METRICS}
                                        for kind, task in prepared.items()}
@@ -149,6 +149,16 @@ def run(args: GateArguments) -> dict:
     (root / "grounding_gate.json").write_text(json.dumps(results, indent=2))
     (root / "grounding_gate.md").write_text(format_report(results))
     return results
+
+
+def select_alpha(seeds: dict) -> float | None:
+    """The sixth round's rule: the strictest α of `ALPHAS` (the smallest: the most queries gated) whose validation
+    R@1, averaged over the seeds, is not below the ungated one's; None when every α loses."""
+    lines = list(seeds.values())
+    ungated = statistics.mean(line["validation"]["ungated"] for line in lines)
+    kept = [alpha for alpha in ALPHAS if statistics.mean(line["validation"][str(alpha)]["R@1"] for line in lines)
+            >= ungated]
+    return min(kept) if kept else None
 
 
 def format_report(results: dict) -> str:

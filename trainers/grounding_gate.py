@@ -13,6 +13,8 @@ import torch
 from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
 
 PERMUTATIONS = 50
+# k when the model's config does not set one (`ScotConfig.grounding_gate_neighbours` 0): the sixth round's
+DEFAULT_GROUNDING_GATE_NEIGHBOURS = 10
 
 
 def null_groundings(image_embeds: torch.Tensor, text_embeds: torch.Tensor, gallery_embeds: torch.Tensor,
@@ -46,10 +48,12 @@ def calibrate_grounding_threshold(image_embeds: torch.Tensor, text_embeds: torch
     return {"threshold": threshold, "gated_fraction": float((own < threshold).float().mean())}
 
 
-def calibrate_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: int, alpha: float,
-                         seed: int = 0) -> dict[str, float]:
+def calibrate_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor, alpha: float,
+                         neighbours: int | None = None, seed: int = 0) -> dict[str, float]:
     """Calibrate θ on a cached validation slice (`CachedTripletDataset`: its reference image and modification
-    embeddings) against `gallery_embeds` (the training images) and write the gate into `model.config`."""
+    embeddings) against `gallery_embeds` (the training images) and write the gate into `model.config`. k is
+    `neighbours`, else the config's `grounding_gate_neighbours`, else `DEFAULT_GROUNDING_GATE_NEIGHBOURS`."""
+    neighbours = neighbours or model.config.grounding_gate_neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
     rows, cache = eval_dataset.cache.row_indices, eval_dataset.cache
     normalize = torch.nn.functional.normalize
     images = normalize(cache.image_embeds[rows["image"]].float(), dim=-1)
@@ -61,4 +65,5 @@ def calibrate_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor, neig
     return calibration
 
 
-__all__ = ["calibrate_grounding_threshold", "calibrate_model_gate", "null_groundings"]
+__all__ = ["DEFAULT_GROUNDING_GATE_NEIGHBOURS", "calibrate_grounding_threshold", "calibrate_model_gate",
+           "null_groundings"]

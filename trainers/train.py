@@ -385,8 +385,8 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     gate = {}
     if trainer.args.grounding_gate_alpha is not None:  # before saving: the gate lives in the saved config
         gate = calibrate_model_gate(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_dataset,
-                                    trainer.train_dataset.cache.image_embeds, trainer.args.grounding_gate_neighbours,
-                                    trainer.args.grounding_gate_alpha, seed=trainer.args.seed)
+                                    trainer.train_dataset.cache.image_embeds, trainer.args.grounding_gate_alpha,
+                                    seed=trainer.args.seed)
         logger.info("grounding gate: threshold %.3f, %.1f%% of the validation queries answered by the image alone",
                     gate["threshold"], 100 * gate["gated_fraction"])
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir

@@ -153,9 +153,8 @@ class ScotTrainingArguments(TrainingArguments):
                 "grounding_gate_neighbours / grounding_gate_threshold: at retrieval, a query whose text does not pick "
                 "out one of the reference's nearest gallery images is answered with the image alone), its threshold "
                 "the (1 - alpha) quantile of a permutation null on the validation slice (trainers.grounding_gate). "
-                "Unset = no gate; needs the embedding cache and a held-out split."})
-    grounding_gate_neighbours: int = field(default=10, metadata={
-        "help": "k of the grounding gate: how many of the reference's nearest gallery images the text is tested on."})
+                "Unset = no gate; needs the embedding cache and a held-out split. The gate's k is "
+                "--grounding_gate_neighbours (a ScotConfig field; 0 there: DEFAULT_GROUNDING_GATE_NEIGHBOURS)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -172,8 +171,6 @@ class ScotTrainingArguments(TrainingArguments):
         if self.grounding_gate_alpha is not None and not 0.0 < self.grounding_gate_alpha < 1.0:
             raise ValueError(f"grounding_gate_alpha must be in (0, 1) (or unset: no gate), got "
                              f"{self.grounding_gate_alpha}.")
-        if self.grounding_gate_neighbours < 1:
-            raise ValueError(f"grounding_gate_neighbours must be >= 1, got {self.grounding_gate_neighbours}.")
         if not self.image_floor_temperature > 0:
             raise ValueError(f"image_floor_temperature must be > 0, got {self.image_floor_temperature}.")
         if self.cir_benchmark is None:

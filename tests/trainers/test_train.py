@@ -492,7 +492,8 @@ def test_load_triplets_refuses_an_incomplete_folder_and_warns_on_one_without_a_r
 
 def test_the_grounding_gate_is_calibrated_on_the_validation_slice_and_saved(workspace, tmp_path):
     model_args, _, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=2,
-                                              grounding_gate_alpha=0.5, grounding_gate_neighbours=2)
+                                              grounding_gate_alpha=0.5)
+    model_args.grounding_gate_neighbours = 2  # the gate's k is a ScotConfig field (a model argument)
     data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"))
     trainer = build_trainer(model_args, data_args, training_args)
     metrics = finish_training(trainer, trainer.train())
