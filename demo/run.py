@@ -10,8 +10,9 @@
    modified caption) for `llm_rows` distinct captions, each asked for a kind drawn so that none dominates, a rejected
    answer asked once more for another kind; the rule-based templates only where both are rejected -> scot-triplets/;
 5. SCOT: the Combiner trained on cached embeddings with the SCOT loss, half of it towards the retrieved training
-   image (target mixing), its output anchored to the reference image (the default) -> scot-demo/; and, to compare,
-   the same without the anchor, the paper's loss on text targets alone and InfoNCE (same data and budget);
+   image (target mixing), its output anchored to the reference image, with the image floor and the grounding gate
+   (the default, `COMBINERS`) -> scot-demo/; and, to compare, the same weights without the gate, the default before
+   the floor and the one before that, the paper's loss on text targets alone and InfoNCE (same data and budget);
 6. evaluation per kind against image-only, text-only and image+text, a markdown report, a retrieval grid and
    metrics.json.
 
