@@ -399,3 +399,29 @@ def test_a_merged_pseudo_word_folder_loads_with_remote_code_without_the_package(
     with torch.no_grad():
         expected = model.eval()(**inputs).composed_embeds
     torch.testing.assert_close(torch.tensor(loaded["composed"]), expected, atol=ATOL, rtol=0)
+
+
+def test_the_grounding_gate_reads_the_modifications_own_embedding_for_the_pseudo_word_composer(pseudo_word):
+    from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
+
+    _, _, model, _, inputs = pseudo_word
+    model.eval()
+    gallery = torch.nn.functional.normalize(torch.randn(12, EMBED_DIM, generator=torch.Generator().manual_seed(4)),
+                                            dim=-1)
+    with torch.no_grad():
+        images = model.get_image_features(pixel_values=inputs["pixel_values"])
+        texts = model.get_text_features(**_text_inputs(inputs))
+        plain = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs))
+        looks, statistics = nearest_gallery_images(images, gallery, 2), GalleryStatistics.from_embeds(gallery)
+        grounding = text_grounding(texts, looks, statistics)
+        model.config.grounding_gate_neighbours = 2
+        model.config.grounding_gate_threshold = float(grounding.max()) + 1.0  # every query gated
+        gated, weight = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs),
+                                                    gallery_neighbour_embeds=looks, gallery_statistics=statistics,
+                                                    return_text_weight=True)
+        model.config.grounding_gate_threshold = float(grounding.min()) - 1.0  # none gated
+        open_gate = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs),
+                                                gallery_neighbour_embeds=looks, gallery_statistics=statistics)
+    torch.testing.assert_close(gated, images, atol=1e-6, rtol=0)
+    assert weight is None  # no λ to report for this composer
+    torch.testing.assert_close(open_gate, plain, atol=ATOL, rtol=0)
