@@ -63,7 +63,10 @@ class BackboneTrainingArguments:
     hidden_sizes: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 1, 2, 1)
     num_epochs: int = 30
-    max_train_minutes: float = 11.0  # the cosine schedule ends at whichever comes first, epochs or minutes
+    # None: the schedule counts steps only, so the backbone is a function of the data and the seed, whatever the
+    # machine's load; minutes: the cosine schedule ends at whichever comes first, epochs or minutes (then a busy
+    # machine trains a different backbone)
+    max_train_minutes: float | None = None
     batch_size: int = 128
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
@@ -319,8 +322,8 @@ def load_training_set(data_dir: Path, scot: ScotModel, processor: ScotProcessor,
 
 
 class BackboneTrainer:
-    """InfoNCE on the vision tower: AdamW with decoupled weight decay on matrices, a warm-up + cosine schedule
-    that ends at whichever comes first (all epochs or the time budget), a checkpoint after every epoch."""
+    """InfoNCE on the vision tower: AdamW with decoupled weight decay on matrices, a warm-up + cosine schedule over
+    all epochs (or ending at the time budget, if one is set and comes first), a checkpoint after every epoch."""
 
     def __init__(self, model: VisionTextDualEncoderModel, data: TrainingSet, args: BackboneTrainingArguments,
                  checkpoint_dir: Path):
@@ -335,7 +338,7 @@ class BackboneTrainer:
         self.total_steps = self.steps_per_epoch * args.num_epochs
         if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
-        self.budget_seconds = args.max_train_minutes * 60
+        self.budget_seconds = None if args.max_train_minutes is None else args.max_train_minutes * 60
         self.state = {"epoch": 0, "step": 0, "elapsed_seconds": 0.0, "losses": []}
 
     def resume(self, fingerprint: str, overwrite: bool) -> None:
@@ -349,7 +352,10 @@ class BackboneTrainer:
             print(f"Resuming from {self.checkpoint_dir}: epoch {self.state['epoch']}, step {self.state['step']}.")
 
     def progress_fraction(self) -> float:
-        return max(self.state["step"] / self.total_steps, self.state["elapsed_seconds"] / self.budget_seconds)
+        step_fraction = self.state["step"] / self.total_steps
+        if self.budget_seconds is None:
+            return step_fraction
+        return max(step_fraction, self.state["elapsed_seconds"] / self.budget_seconds)
 
     def learning_rate(self) -> float:
         args, fraction = self.args, self.progress_fraction()
@@ -536,7 +542,7 @@ def main(argv=None) -> None:
         if isinstance(default, tuple):
             parser.add_argument(f"--{field.name}", type=int, nargs="+", default=list(default))
         else:
-            kind = float if isinstance(default, float) else int
+            kind = float if isinstance(default, float) or "float" in str(field.type) else int
             parser.add_argument(f"--{field.name}", type=kind, default=default)
     parsed = parser.parse_args(argv)
     if parsed.evaluate_only:

@@ -111,3 +111,26 @@ def test_cached_backbone_is_reused(trained):
 def test_missing_data_folder_says_how_to_build_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m demo.data --output_dir"):
         backbone.train_demo_backbone(tmp_path / "nothing", tmp_path / "backbone", TINY)
+
+
+def _trainer(tmp_path, **overrides):
+    args = backbone.BackboneTrainingArguments(**{**vars(TINY), "max_steps": None, "num_epochs": 10, **overrides})
+    model, _, _ = backbone.build_dual_encoder(args)
+    rows = 64  # 4 steps an epoch at batch 16: 40 steps in all
+    training_set = backbone.TrainingSet(torch.zeros(rows, 3, 32, 32), torch.ones(rows, dtype=torch.bool),
+                                        torch.zeros(rows, dtype=torch.long), torch.zeros(1, 384), ["a cat"])
+    return backbone.BackboneTrainer(model, training_set, args, tmp_path / "checkpoint")
+
+
+def test_the_default_schedule_counts_steps_not_seconds(tmp_path):
+    """A busy machine must not train another backbone: by default the learning rate depends on the step alone."""
+    trainer = _trainer(tmp_path)
+    assert trainer.total_steps == 40
+    trainer.state.update(step=20, elapsed_seconds=1.0)
+    idle = trainer.learning_rate()
+    trainer.state["elapsed_seconds"] = 10_000.0
+    assert trainer.progress_fraction() == 0.5 and trainer.learning_rate() == idle
+
+    budgeted = _trainer(tmp_path, max_train_minutes=1.0)  # opt-in: the schedule ends at the budget
+    budgeted.state.update(step=20, elapsed_seconds=45.0)
+    assert budgeted.progress_fraction() == 0.75 and budgeted.learning_rate() < idle
