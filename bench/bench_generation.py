@@ -3,9 +3,11 @@
 1. Speed, in one run on the same N captions (real answers, greedy): generated tokens/s and *kept triplets/s* (parsed
    and passed by the filters) for one prompt at a time through `generate` (the baseline, fp32), today's batched
    `generate` (`--engine transformers`, fp32), and the prefix-cached engine (`data_gen.fast_generation`: shared
-   prompt prefix computed once, finished rows dropped) in fp32 and in the dtype it picks for this machine (bf16
-   on GPUs and CPUs with AMX). Each run says how many answers differ from the baseline's. Goal >= 5x.
-   `--sweep` adds the prefix-cached engine at other batch sizes and with finished rows kept in the batch.
+   prompt prefix computed once and attended as one copy, finished rows replaced by waiting prompts) in fp32 and in
+   the dtype it picks for this machine (bf16 on GPUs and CPUs with AMX). Each run says how many answers differ from
+   the baseline's. Goal >= 5x.
+   `--sweep` adds the prefix-cached engine at other batch sizes, with static batches (no refill) and with the
+   prefix cache copied for every row (no shared-prefix attention), to measure what each part saves.
 2. Acceptance (parsed and kept by the filters) of the base model vs a LoRA-tuned one, on held-out seed captions.
    The LoRA is trained here on the other seed triplets (QLoRA: 4-bit NF4 base), unless --adapter is given.
 
@@ -67,21 +69,23 @@ def speed(tokenizer, captions, adapter, prompt_style, num_shots, batch_size, fas
     ]
     fast_models = {}  # dtype → the model as `data_gen.generate` loads it for the prefix-cached engine
 
-    def prefix_cached(dtype, size, drop_finished_rows=True):
+    def prefix_cached(dtype, size, **switches):
         if dtype not in fast_models:
             engine = load_prefix_cached_engine("smollm2", tokenizer, cpu, adapter=adapter, dtype=dtype)
             fast_models[dtype] = engine.model
         return PrefixCachedEngine(fast_models[dtype], tokenizer, batch_size=size, max_new_tokens=max_new_tokens,
-                                  drop_finished_rows=drop_finished_rows)
+                                  **switches)
 
     dtypes = [torch.float32] + ([generation_dtype(cpu)] if generation_dtype(cpu) != torch.float32 else [])
     for dtype in dtypes:
-        sizes = sorted({8, 16, fast_batch_size, 64}) if sweep and dtype == dtypes[-1] else [fast_batch_size]
+        sizes = sorted({16, 32, fast_batch_size, 96, 128}) if sweep and dtype == dtypes[-1] else [fast_batch_size]
         for size in sizes:
             runs.append(("prefix-cached", dtype, size, lambda dtype=dtype, size=size: prefix_cached(dtype, size)))
     if sweep:
-        runs.append(("prefix-cached, finished rows kept", dtypes[-1], fast_batch_size,
-                     lambda: prefix_cached(dtypes[-1], fast_batch_size, drop_finished_rows=False)))
+        runs.append(("prefix-cached, static batches (no refill)", dtypes[-1], fast_batch_size,
+                     lambda: prefix_cached(dtypes[-1], fast_batch_size, refill=False)))
+        runs.append(("prefix-cached, prefix copied per row", dtypes[-1], fast_batch_size,
+                     lambda: prefix_cached(dtypes[-1], fast_batch_size, shared_prefix_attention=False)))
     results, baseline = [], None
     for name, dtype, size, build in runs:
         engine = build()

@@ -35,11 +35,9 @@ def _plain_generate(model, tokenizer, prompts):
     return outputs
 
 
-@pytest.fixture
-def early_ending_llm(tiny_llm):
-    """The tiny random llama in fp32, with more end tokens chosen so that rows end at different steps and the first
-    never does (a random model never writes its real end token): each other row's first token no other row writes."""
-    model, tokenizer = load_causal_lm(tiny_llm, dtype=torch.float32), load_tokenizer(tiny_llm)
+def _end_rows_early(model, tokenizer):
+    """More end tokens, chosen so that rows end at different steps and the first never does (a random model never
+    writes its real end token): each other row's first token no other row writes."""
     model.generation_config.eos_token_id = [tokenizer.eos_token_id]
     free_running = _plain_generate(model, tokenizer, _prompts(tokenizer))
     end_tokens = [tokenizer.eos_token_id]
@@ -50,6 +48,12 @@ def early_ending_llm(tiny_llm):
     return model, tokenizer
 
 
+@pytest.fixture
+def early_ending_llm(tiny_llm):
+    """The tiny random llama in fp32, its rows ending at different steps."""
+    return _end_rows_early(load_causal_lm(tiny_llm, dtype=torch.float32), load_tokenizer(tiny_llm))
+
+
 def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
     assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # the shorter prompt keeps its last token
@@ -57,8 +61,9 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix_length([[1, 2], [3, 4]]) == 0
 
 
-@pytest.mark.parametrize("drop_finished_rows", [True, False])
-def test_prefix_cached_greedy_tokens_are_plain_generate_tokens(early_ending_llm, drop_finished_rows):
+@pytest.mark.parametrize("refill", [True, False])
+@pytest.mark.parametrize("shared_prefix_attention", [True, False])
+def test_prefix_cached_greedy_tokens_are_plain_generate_tokens(early_ending_llm, refill, shared_prefix_attention):
     model, tokenizer = early_ending_llm
     prompts = _prompts(tokenizer)
     expected = _plain_generate(model, tokenizer, prompts)
@@ -66,14 +71,49 @@ def test_prefix_cached_greedy_tokens_are_plain_generate_tokens(early_ending_llm,
     assert len(set(lengths)) >= 3 and max(lengths) == MAX_NEW_TOKENS  # rows end at different steps, some never
     assert len({len(tokenizer(prompt)["input_ids"]) for prompt in prompts}) == len(prompts)
 
-    # Batches of 3: a full batch and a partial one, each with prompts (and completions) of different lengths.
-    engine = PrefixCachedEngine(model, tokenizer, batch_size=3, max_new_tokens=MAX_NEW_TOKENS,
-                                drop_finished_rows=drop_finished_rows)
+    # Batches of 3 for 5 prompts: rows end at different steps and (with refill) new prompts take their slots.
+    engine = PrefixCachedEngine(model, tokenizer, batch_size=3, max_new_tokens=MAX_NEW_TOKENS, refill=refill,
+                                shared_prefix_attention=shared_prefix_attention)
+    calls = _count_shared_prefix_calls(model)
     assert engine.complete_tokens(prompts) == expected
+    # The rows did attend to the one stored prefix (one call per layer and step), or never did when switched off.
+    assert (calls.count > 0) == shared_prefix_attention
     assert engine.generated_tokens == sum(lengths)
     assert engine._prefix[0] and len(engine._prefix[0]) > len(tokenizer(prompts[0])["input_ids"]) // 2
     # A second call reuses the cached prefix and gives the same texts plain decoding gives.
     assert engine.complete(prompts) == tokenizer.batch_decode(expected, skip_special_tokens=True)
+
+
+def _count_shared_prefix_calls(model):
+    """Wrap the model's registered attention function to count the calls that attend to a stored prefix."""
+    from transformers import AttentionInterface
+
+    class Counter:
+        count = 0
+
+    def counting(module, *args, shared_prefix_cache=None, **kwargs):
+        Counter.count += shared_prefix_cache is not None
+        return fast_generation.shared_prefix_attention(module, *args, shared_prefix_cache=shared_prefix_cache,
+                                                       **kwargs)
+
+    AttentionInterface.register("scot_test_counting", counting)
+    if model.config._attn_implementation == fast_generation.SHARED_PREFIX_ATTENTION:
+        model.set_attn_implementation("scot_test_counting")
+    return Counter
+
+
+def test_models_off_the_attention_interface_get_the_prefix_copied_per_row(tmp_path):
+    """Falcon (the paper's generator family) has no attention-interface support: the engine copies the prefix cache
+    for every row instead, with the same greedy tokens as plain `generate`."""
+    from tests.data_gen.tiny_llm import build_tiny_falcon
+
+    folder = build_tiny_falcon(tmp_path / "falcon")
+    model, tokenizer = _end_rows_early(load_causal_lm(folder, dtype=torch.float32), load_tokenizer(folder))
+    prompts = _prompts(tokenizer)
+    expected = _plain_generate(model, tokenizer, prompts)
+    engine = PrefixCachedEngine(model, tokenizer, batch_size=3, max_new_tokens=MAX_NEW_TOKENS)
+    assert not engine.shared_prefix_attention
+    assert engine.complete_tokens(prompts) == expected
 
 
 def test_sampling_is_seeded_per_prompt_whatever_the_batching(tiny_llm):
