@@ -3,11 +3,11 @@
 1. Speed, in one run on the same N captions (real answers, greedy): generated tokens/s and *kept triplets/s* (parsed
    and passed by the filters) for one prompt at a time through `generate` (the baseline, fp32), today's batched
    `generate` (`--engine transformers`, fp32), and the prefix-cached engine (`data_gen.fast_generation`: shared
-   prompt prefix computed once and attended as one copy, finished rows replaced by waiting prompts) in fp32 and in
-   the dtype it picks for this machine (bf16 on GPUs and CPUs with AMX). Each run says how many answers differ from
-   the baseline's. Goal >= 5x.
-   `--sweep` adds the prefix-cached engine at other batch sizes, with static batches (no refill) and with the
-   prefix cache copied for every row (no shared-prefix attention), to measure what each part saves.
+   prompt prefix computed once and attended as one copy, finished rows replaced by waiting prompts) in fp32 (and,
+   with `--sweep`, in bf16: the engine picks fp32 on CPUs, where bf16 measured slower). Each run says how many
+   answers differ from the baseline's. Goal >= 5x.
+   `--sweep` adds the prefix-cached engine (in each dtype) at other batch sizes, with static batches (no refill) and
+   with the prefix cache copied for every row (no shared-prefix attention), to measure what each part saves.
 2. Acceptance (parsed and kept by the filters) of the base model vs a LoRA-tuned one, on held-out seed captions.
    The LoRA is trained here on the other seed triplets (QLoRA: 4-bit NF4 base), unless --adapter is given.
 
@@ -76,16 +76,18 @@ def speed(tokenizer, captions, adapter, prompt_style, num_shots, batch_size, fas
         return PrefixCachedEngine(fast_models[dtype], tokenizer, batch_size=size, max_new_tokens=max_new_tokens,
                                   **switches)
 
-    dtypes = [torch.float32] + ([generation_dtype(cpu)] if generation_dtype(cpu) != torch.float32 else [])
+    # bf16 too where this machine's pick is bf16, or in the sweep where CPU bf16 kernels exist (oneDNN)
+    with_bf16 = generation_dtype(cpu) != torch.float32 or (sweep and torch.backends.mkldnn.is_available())
+    dtypes = [torch.float32] + ([torch.bfloat16] if with_bf16 else [])
     for dtype in dtypes:
-        sizes = sorted({16, 32, fast_batch_size, 96, 128}) if sweep and dtype == dtypes[-1] else [fast_batch_size]
+        sizes = sorted({16, 32, fast_batch_size, 96, 128}) if sweep else [fast_batch_size]
         for size in sizes:
             runs.append(("prefix-cached", dtype, size, lambda dtype=dtype, size=size: prefix_cached(dtype, size)))
-    if sweep:
-        runs.append(("prefix-cached, static batches (no refill)", dtypes[-1], fast_batch_size,
-                     lambda: prefix_cached(dtypes[-1], fast_batch_size, refill=False)))
-        runs.append(("prefix-cached, prefix copied per row", dtypes[-1], fast_batch_size,
-                     lambda: prefix_cached(dtypes[-1], fast_batch_size, shared_prefix_attention=False)))
+        if sweep:
+            runs.append(("prefix-cached, static batches (no refill)", dtype, fast_batch_size,
+                         lambda dtype=dtype: prefix_cached(dtype, fast_batch_size, refill=False)))
+            runs.append(("prefix-cached, prefix copied per row", dtype, fast_batch_size,
+                         lambda dtype=dtype: prefix_cached(dtype, fast_batch_size, shared_prefix_attention=False)))
     results, baseline = [], None
     for name, dtype, size, build in runs:
         engine = build()

@@ -33,31 +33,16 @@ from .models import load_causal_lm
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# /proc/cpuinfo flag of CPUs whose bf16 matmuls beat fp32 for SmolLM2's generation: AMX tiles. AVX512-BF16 alone is
-# not enough: on an AMD EPYC (Zen 4) with it and without AMX, bf16 decoded 86 tokens/s against fp32's 96
-# (bench/bench_generation.py --speed_only, 32 captions, batch 32), while on an AMX Xeon bf16 was twice fp32.
-CPU_BF16_FLAGS = ("amx_bf16",)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 fast enough to pay (AMX) and torch can use it (oneDNN)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = {flag for line in handle if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:  # not Linux: no flags to read, so no claim of bf16 either
-        return False
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
-
-
 def generation_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on GPUs that support it and on CPUs with AMX (2x fp32's speed for SmolLM2 there), else fp32."""
+    """bf16 on GPUs that support it, fp32 on CPUs.
+
+    On CPUs fp32 is faster even where bf16 has hardware support: on an AMX Xeon (2 vCPUs) this engine decoded
+    SmolLM2-135M at 266 tokens/s in fp32 and 115 in bf16 (batch 64), on an AMD EPYC with AVX512-BF16 96 against 86
+    (`bench/bench_generation.py --sweep`, docs/data_gen.md).
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     return torch.float32
 
 

@@ -179,19 +179,24 @@ def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows
     dominates; a rejected answer asked once more, for another kind), the templates only where both are rejected,
     written to `triplets_dir` (one train split under one card, what `load_dataset("scot-triplets")` reads); returns
     its statistics."""
+    from accelerate import PartialState
+
     from data_gen.dataset_io import merge_triplet_datasets
+    from data_gen.fast_generation import generation_dtype
     from data_gen.generate import GenerationArguments, run_generation
 
     adapter = generator_adapter(output_dir, generator_steps)
-    key = f"{data_key}:{llm_rows}:{generator_steps}:kinds-v1:distinct:retries=1"
+    # greedy answers depend on the precision (bf16 changes near-ties): the dtype the engine will pick is in the key
+    dtype = str(generation_dtype(PartialState().device)).removeprefix("torch.")
+    key = f"{data_key}:{llm_rows}:{generator_steps}:kinds-v1:distinct:retries=1:{dtype}"
     for folder in ("generation-input", "triplets-llm"):
         if not fresh_folder(output_dir / folder, key):
             mark_fresh(output_dir / folder, key)
     llm_inputs = generation_inputs(data_dir, output_dir, llm_rows)
     llm_stats = run_generation(GenerationArguments(
         output_dir=str(output_dir / "triplets-llm"), dataset=str(llm_inputs), model="smollm2", adapter=str(adapter),
-        # batch 64: 1.5x the rows/s of batch 32 on 2 cores, and no slower than 128 (docs/data_gen.md)
-        engine="prefix_cache", batch_size=64, max_new_tokens=40, retries=1, fallback="templates", shard_size=400,
+        # batch 96: 1.05x the tokens/s of batch 64 on 2 cores, as fast as 128 (docs/data_gen.md)
+        engine="prefix_cache", batch_size=96, max_new_tokens=40, retries=1, fallback="templates", shard_size=400,
         source_name="demo",
         source_license=SOURCE_LICENSE))
     return merge_triplet_datasets(

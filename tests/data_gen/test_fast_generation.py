@@ -148,10 +148,8 @@ def test_loaded_engine_merges_the_adapter_and_keeps_its_tokens(tiny_llm, tmp_pat
     assert engine.complete_tokens(prompts) == with_adapter
 
 
-def test_generation_dtype_is_bf16_where_the_hardware_has_it(monkeypatch):
-    monkeypatch.setattr(fast_generation, "cpu_has_bf16", lambda: True)
-    assert fast_generation.generation_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(fast_generation, "cpu_has_bf16", lambda: False)
+def test_generation_dtype_is_fp32_on_cpus():
+    # bf16 decodes slower than fp32 on the CPUs measured, AMX included (docs/data_gen.md)
     assert fast_generation.generation_dtype("cpu") == torch.float32
 
 
