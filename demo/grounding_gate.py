@@ -22,11 +22,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from trainers.grounding_gate import GROUNDING_GATE_ALPHAS as ALPHAS
 
 logger = logging.getLogger("demo.grounding_gate")
 
-ALPHAS = (0.9, 0.75, 0.5, 0.25, 0.1)
 NEIGHBOURS = 10
 
 
@@ -85,31 +84,10 @@ def _trainer(args: GateArguments, seed: int, loss_type: str, target: str, fixed:
 
 def floor_recall(model, train_dataset, eval_dataset, threshold: float | None) -> tuple[float, float]:
     """Composed -> floor image R@1 (%) of the validation rows over all the training images (the reference left out),
-    gated at `threshold` (None: no gate), and the share of rows gated (%)."""
-    from modeling_scot import GalleryStatistics, nearest_gallery_images
-    from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
+    gated at `threshold` (None: no gate), and the share of rows gated (%): `trainers.grounding_gate.floor_recall`."""
+    from trainers.grounding_gate import floor_recall as gate_floor_recall
 
-    normalize = torch.nn.functional.normalize
-    rows = [eval_dataset[index] for index in range(len(eval_dataset))]
-    images = normalize(torch.stack([row["image_embeds"] for row in rows]).float(), dim=-1)
-    texts = normalize(torch.stack([row["text_embeds"] for row in rows]).float(), dim=-1)
-    floors = normalize(torch.stack([row["probe_floor_image_embeds"] for row in rows]).float(), dim=-1)
-    gallery = normalize(train_dataset.cache.image_embeds.float(), dim=-1)
-    gated_model = copy.deepcopy(model).eval()
-    gate = {}
-    if threshold is not None:
-        gated_model.config.grounding_gate_neighbours = NEIGHBOURS
-        gated_model.config.grounding_gate_threshold = threshold
-        gate = {"gallery_neighbour_embeds": nearest_gallery_images(images, gallery, NEIGHBOURS),
-                "gallery_statistics": GalleryStatistics.from_embeds(gallery)}
-    with torch.no_grad():
-        queries, text_weight = gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
-                                                                 return_text_weight=True, **gate)
-    same = images @ gallery.T >= SAME_IMAGE_COSINE
-    answers = (floors @ gallery.T).argmax(dim=1)
-    ranked = (queries.float() @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
-    gated = (text_weight == 0).float().mean() if threshold is not None else torch.tensor(0.0)
-    return 100 * float((ranked == answers).float().mean()), 100 * float(gated)
+    return gate_floor_recall(model, eval_dataset, train_dataset.cache.image_embeds, NEIGHBOURS, threshold)
 
 
 def run(args: GateArguments) -> dict:

@@ -20,7 +20,7 @@ METHOD_NAMES = {
     "text": "Text only (modification text embedding)",
     "sum": "Image + text (normalised sum)",
     "scot": "SCOT (Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
-            "image floor, grounding gate)",
+            "image floor, grounding gate where validation selects it)",
     "scot_ungated": "Combiner, the same weights without the grounding gate",
     "scot_no_floor": "Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
                      "no floor (the previous default)",

@@ -6,7 +6,13 @@ reference's k nearest gallery images (`modeling_scot.text_grounding`). Its thres
 null: the grounding each validation row gets with the modification text of another, random row — a text about
 something else. θ is the (1 − α) quantile of that null, so the gate stays open for a text that picks out a
 look-alike better than a fraction 1 − α of unrelated texts do (α 0.5: better than the median unrelated text).
+
+α itself can be chosen on the same slice (`select_model_gate`, the rule of docs/ablations.md's sixth round): the
+strictest candidate of `GROUNDING_GATE_ALPHAS` whose composed → floor image R@1 (over all the training images, the
+reference left out) is not below the ungated model's, or no gate at all when every candidate loses.
 """
+
+import copy
 
 import torch
 
@@ -15,6 +21,8 @@ from modeling_scot import GalleryStatistics, nearest_gallery_images, text_ground
 PERMUTATIONS = 50
 # k when the model's config does not set one (`ScotConfig.grounding_gate_neighbours` 0): the sixth round's
 DEFAULT_GROUNDING_GATE_NEIGHBOURS = 10
+# The α candidates of the sixth round, from the most lenient (few queries gated) to the strictest
+GROUNDING_GATE_ALPHAS = (0.9, 0.75, 0.5, 0.25, 0.1)
 
 
 def null_groundings(image_embeds: torch.Tensor, text_embeds: torch.Tensor, gallery_embeds: torch.Tensor,
@@ -65,5 +73,76 @@ def calibrate_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor, alph
     return calibration
 
 
-__all__ = ["DEFAULT_GROUNDING_GATE_NEIGHBOURS", "calibrate_grounding_threshold", "calibrate_model_gate",
+def floor_recall(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: int | None = None,
+                 threshold: float | None = None) -> tuple[float, float]:
+    """Composed -> floor image R@1 (%) of the validation rows (`CachedTripletDataset` rows with their floor probe)
+    over `gallery_embeds` (the training images; copies of the reference left out), gated at `threshold` with k =
+    `neighbours` (None: no gate), and the share of rows gated (%). The model itself is not changed."""
+    from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
+
+    normalize = torch.nn.functional.normalize
+    rows = [eval_dataset[index] for index in range(len(eval_dataset))]
+    if not rows or "probe_floor_image_embeds" not in rows[0]:
+        raise ValueError("floor_recall needs validation rows with their floor probe (probe_floor_image_embeds): a "
+                         "cached validation slice of a run with retrieved-image probes.")
+    images = normalize(torch.stack([row["image_embeds"] for row in rows]).float(), dim=-1)
+    texts = normalize(torch.stack([row["text_embeds"] for row in rows]).float(), dim=-1)
+    floors = normalize(torch.stack([row["probe_floor_image_embeds"] for row in rows]).float(), dim=-1)
+    gallery = normalize(gallery_embeds.float(), dim=-1)
+    scored = copy.deepcopy(model).eval()
+    gate = {}
+    scored.config.grounding_gate_neighbours = 0
+    if threshold is not None:
+        neighbours = neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
+        scored.config.grounding_gate_neighbours = neighbours
+        scored.config.grounding_gate_threshold = threshold
+        gate = {"gallery_neighbour_embeds": nearest_gallery_images(images, gallery, neighbours),
+                "gallery_statistics": GalleryStatistics.from_embeds(gallery)}
+    device, dtype = next(scored.parameters()).device, next(scored.parameters()).dtype
+    with torch.no_grad():
+        queries, text_weight = scored.get_composed_features(
+            image_embeds=images.to(device, dtype), text_embeds=texts.to(device, dtype), return_text_weight=True,
+            **{name: value.to(device, dtype) if torch.is_tensor(value) else value for name, value in gate.items()})
+    same = images @ gallery.T >= SAME_IMAGE_COSINE
+    answers = (floors @ gallery.T).argmax(dim=1)
+    ranked = (queries.float().cpu() @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
+    gated = (text_weight == 0).float().mean() if threshold is not None else torch.tensor(0.0)
+    return 100 * float((ranked == answers).float().mean()), 100 * float(gated)
+
+
+def select_alpha(ungated_recall: float, recall_by_alpha: dict[float, float]) -> float | None:
+    """The sixth round's rule: the strictest α (the smallest: the most queries gated) whose validation R@1 is not
+    below the ungated one; None when every α loses."""
+    kept = [alpha for alpha, recall in recall_by_alpha.items() if recall >= ungated_recall]
+    return min(kept) if kept else None
+
+
+def select_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor,
+                      alphas: tuple[float, ...] = GROUNDING_GATE_ALPHAS, neighbours: int | None = None,
+                      seed: int = 0) -> dict[str, float]:
+    """Choose α on the validation slice by `select_alpha` and write the gate into `model.config` (or turn it off,
+    `grounding_gate_neighbours` 0, when no α qualifies). Returns the selection as numbers, for the metrics:
+    `selected` (1 or 0), `alpha` (0 when none), `threshold`, `gated_fraction`, and the floor R@1 of the ungated
+    model and at each α."""
+    neighbours = neighbours or model.config.grounding_gate_neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
+    ungated = floor_recall(model, eval_dataset, gallery_embeds)[0]
+    recalls, calibrations = {}, {}
+    for alpha in alphas:
+        calibrations[alpha] = calibrate_model_gate(copy.deepcopy(model), eval_dataset, gallery_embeds, alpha,
+                                                   neighbours, seed=seed)
+        recalls[alpha] = floor_recall(model, eval_dataset, gallery_embeds, neighbours,
+                                      calibrations[alpha]["threshold"])[0]
+    alpha = select_alpha(ungated, recalls)
+    selection = {"selected": float(alpha is not None), "alpha": alpha or 0.0, "floor_R@1_ungated": ungated,
+                 **{f"floor_R@1_alpha_{candidate}": recall for candidate, recall in recalls.items()}}
+    if alpha is None:
+        model.config.grounding_gate_neighbours = 0
+        return {**selection, "threshold": 0.0, "gated_fraction": 0.0}
+    model.config.grounding_gate_neighbours = neighbours
+    model.config.grounding_gate_threshold = calibrations[alpha]["threshold"]
+    return {**selection, **calibrations[alpha]}
+
+
+__all__ = ["DEFAULT_GROUNDING_GATE_NEIGHBOURS", "GROUNDING_GATE_ALPHAS", "calibrate_grounding_threshold",
+           "calibrate_model_gate", "floor_recall", "select_alpha", "select_model_gate",
            "null_groundings"]

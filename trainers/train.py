@@ -40,7 +40,7 @@ from transformers.trainer_utils import TrainOutput
 from scot_core import load_scot_or_backbone
 from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
-from trainers.grounding_gate import calibrate_model_gate
+from trainers.grounding_gate import calibrate_model_gate, select_model_gate
 from trainers.pseudo_word import (
     CachedComposingDataset,
     ImageCaptionPairs,
@@ -233,9 +233,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
     eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
                  else f"The held-out part of {training_args.dataset_name}")
-    if training_args.grounding_gate_alpha is not None and (
+    gate_on = training_args.grounding_gate_alpha is not None or training_args.grounding_gate_select
+    if gate_on and (
             not data_args.use_embedding_cache or eval_rows is None or training_args.composer_stage is not None):
-        raise ValueError("grounding_gate_alpha calibrates the gate on a Combiner's cached validation slice: it needs "
+        raise ValueError("grounding_gate_alpha / grounding_gate_select calibrate the gate on a Combiner's cached "
+                         "validation slice: it needs "
                          "use_embedding_cache true and a held-out split (eval_split or eval_fraction > 0), and no "
                          "composer_stage.")
     if _check_composer_stage(model, training_args.composer_stage) is not None:
@@ -389,6 +391,16 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
                                     seed=trainer.args.seed)
         logger.info("grounding gate: threshold %.3f, %.1f%% of the validation queries answered by the image alone",
                     gate["threshold"], 100 * gate["gated_fraction"])
+    elif trainer.args.grounding_gate_select:
+        gate = select_model_gate(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_dataset,
+                                 trainer.train_dataset.cache.image_embeds, seed=trainer.args.seed)
+        if gate["selected"]:
+            logger.info("grounding gate selected on validation: alpha %s, threshold %.3f, %.1f%% of the validation "
+                        "queries answered by the image alone", gate["alpha"], gate["threshold"],
+                        100 * gate["gated_fraction"])
+        else:
+            logger.info("grounding gate: no alpha keeps the validation floor R@1 (%.2f ungated), so no gate",
+                        gate["floor_R@1_ungated"])
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
     train_metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}  # the examples' convention
     trainer.log_metrics("train", train_metrics)

@@ -155,6 +155,11 @@ class ScotTrainingArguments(TrainingArguments):
                 "the (1 - alpha) quantile of a permutation null on the validation slice (trainers.grounding_gate). "
                 "Unset = no gate; needs the embedding cache and a held-out split. The gate's k is "
                 "--grounding_gate_neighbours (a ScotConfig field; 0 there: DEFAULT_GROUNDING_GATE_NEIGHBOURS)."})
+    grounding_gate_select: bool = field(default=False, metadata={
+        "help": "Ours: choose the grounding gate's alpha on the validation slice instead of fixing it: the strictest "
+                "of trainers.grounding_gate.GROUNDING_GATE_ALPHAS whose composed -> floor image R@1 (over the "
+                "training images) is not below the ungated model's; no gate when every alpha loses. Needs what "
+                "grounding_gate_alpha needs and retrieved-image probes; excludes grounding_gate_alpha."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -171,6 +176,9 @@ class ScotTrainingArguments(TrainingArguments):
         if self.grounding_gate_alpha is not None and not 0.0 < self.grounding_gate_alpha < 1.0:
             raise ValueError(f"grounding_gate_alpha must be in (0, 1) (or unset: no gate), got "
                              f"{self.grounding_gate_alpha}.")
+        if self.grounding_gate_select and self.grounding_gate_alpha is not None:
+            raise ValueError("grounding_gate_select chooses alpha on the validation slice: leave grounding_gate_alpha "
+                             f"unset (got {self.grounding_gate_alpha}).")
         if not self.image_floor_temperature > 0:
             raise ValueError(f"image_floor_temperature must be > 0, got {self.image_floor_temperature}.")
         if self.cir_benchmark is None:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
-from trainers.grounding_gate import calibrate_grounding_threshold, null_groundings
+from trainers.grounding_gate import calibrate_grounding_threshold, null_groundings, select_alpha
 
 
 def _rows(count=40, dim=12, seed=0):
@@ -47,3 +47,9 @@ def test_alpha_outside_the_open_unit_interval_is_refused(alpha):
     references, texts, gallery = _rows(count=4)
     with pytest.raises(ValueError, match=r"grounding_gate_alpha must be in \(0, 1\)"):
         calibrate_grounding_threshold(references, texts, gallery, neighbours=2, alpha=alpha)
+
+
+def test_the_rule_picks_the_strictest_alpha_that_keeps_the_ungated_recall():
+    assert select_alpha(60.0, {0.9: 60.0, 0.5: 61.0, 0.25: 60.0, 0.1: 59.9}) == 0.25  # ties count as kept
+    assert select_alpha(60.0, {0.9: 61.0, 0.5: 59.0}) == 0.9
+    assert select_alpha(60.0, {0.9: 59.9, 0.5: 58.0}) is None  # every α loses: no gate

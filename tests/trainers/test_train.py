@@ -502,6 +502,30 @@ def test_the_grounding_gate_is_calibrated_on_the_validation_slice_and_saved(work
     assert saved.config.grounding_gate_threshold == pytest.approx(metrics["eval"]["eval_grounding_gate_threshold"])
     assert 0.0 <= metrics["eval"]["eval_grounding_gate_gated_fraction"] <= 1.0
     # without a held-out split there is nothing to calibrate on: refused before any training
-    with pytest.raises(ValueError, match="grounding_gate_alpha calibrates the gate on a Combiner's cached validation"):
+    with pytest.raises(ValueError, match="grounding_gate_select calibrate the gate on a Combiner's cached"):
         build_trainer(model_args, DataArguments(eval_fraction=0.0, embedding_cache_dir=str(tmp_path / "cache")),
                       training_args)
+
+
+def test_the_grounding_gate_alpha_is_selected_on_the_validation_slice_by_the_rule(workspace, tmp_path):
+    from trainers.grounding_gate import GROUNDING_GATE_ALPHAS
+
+    model_args, _, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=2,
+                                              grounding_gate_select=True)
+    model_args.grounding_gate_neighbours = 2
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"))
+    trainer = build_trainer(model_args, data_args, training_args)
+    gate = {name.removeprefix("eval_grounding_gate_"): value
+            for name, value in finish_training(trainer, trainer.train())["eval"].items()
+            if name.startswith("eval_grounding_gate_")}
+    recalls = {alpha: gate[f"floor_R@1_alpha_{alpha}"] for alpha in GROUNDING_GATE_ALPHAS}
+    passing = [alpha for alpha, recall in recalls.items() if recall >= gate["floor_R@1_ungated"]]
+    saved = ScotModel.from_pretrained(tmp_path / "out")
+    if passing:  # the strictest α that keeps the ungated floor R@1, written into the saved config
+        assert gate["selected"] == 1.0 and gate["alpha"] == min(passing)
+        assert saved.config.grounding_gate_neighbours == 2
+        assert saved.config.grounding_gate_threshold == pytest.approx(gate["threshold"])
+    else:  # every α loses: no gate
+        assert gate["selected"] == 0.0 and saved.config.grounding_gate_neighbours == 0
+    with pytest.raises(ValueError, match="grounding_gate_select chooses alpha on the validation slice"):
+        ScotTrainingArguments(output_dir=str(tmp_path / "x"), grounding_gate_select=True, grounding_gate_alpha=0.5)
