@@ -37,8 +37,8 @@ def generation_dtype(device: torch.device | str) -> torch.dtype:
     """bf16 on GPUs that support it, fp32 on CPUs.
 
     On CPUs fp32 is faster even where bf16 has hardware support: on an AMX Xeon (2 vCPUs) this engine decoded
-    SmolLM2-135M at 266 tokens/s in fp32 and 115 in bf16 (batch 64), on an AMD EPYC with AVX512-BF16 96 against 86
-    (`bench/bench_generation.py --sweep`, docs/data_gen.md).
+    SmolLM2-135M at 266 tokens/s in fp32 and 115 in bf16 (batch 64); on an AMD EPYC with AVX512-BF16 the engine
+    before it ran at 96 against 86 (`bench/bench_generation.py --sweep`, docs/data_gen.md).
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -130,13 +130,14 @@ def run(args: GateArguments) -> dict:
 
 
 def select_alpha(seeds: dict) -> float | None:
-    """The sixth round's rule: the strictest α of `ALPHAS` (the smallest: the most queries gated) whose validation
-    R@1, averaged over the seeds, is not below the ungated one's; None when every α loses."""
+    """The sixth round's rule (`trainers.grounding_gate.select_alpha`) on the validation R@1 averaged over the seeds:
+    the strictest α of `ALPHAS` not below the ungated mean; None when every α loses."""
+    from trainers.grounding_gate import select_alpha as select_by_rule
+
     lines = list(seeds.values())
-    ungated = statistics.mean(line["validation"]["ungated"] for line in lines)
-    kept = [alpha for alpha in ALPHAS if statistics.mean(line["validation"][str(alpha)]["R@1"] for line in lines)
-            >= ungated]
-    return min(kept) if kept else None
+    return select_by_rule(statistics.mean(line["validation"]["ungated"] for line in lines),
+                          {alpha: statistics.mean(line["validation"][str(alpha)]["R@1"] for line in lines)
+                           for alpha in ALPHAS})
 
 
 def format_report(results: dict) -> str:

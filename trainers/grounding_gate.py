@@ -12,8 +12,6 @@ strictest candidate of `GROUNDING_GATE_ALPHAS` whose composed → floor image R@
 reference left out) is not below the ungated model's, or no gate at all when every candidate loses.
 """
 
-import copy
-
 import torch
 
 from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
@@ -56,18 +54,23 @@ def calibrate_grounding_threshold(image_embeds: torch.Tensor, text_embeds: torch
     return {"threshold": threshold, "gated_fraction": float((own < threshold).float().mean())}
 
 
+def _validation_embeds(eval_dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised reference image and modification embeddings of a cached validation slice."""
+    rows, cache = eval_dataset.cache.row_indices, eval_dataset.cache
+    normalize = torch.nn.functional.normalize
+    return (normalize(cache.image_embeds[rows["image"]].float(), dim=-1),
+            normalize(cache.text_embeds[rows["modification"]].float(), dim=-1))
+
+
 def calibrate_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor, alpha: float,
                          neighbours: int | None = None, seed: int = 0) -> dict[str, float]:
     """Calibrate θ on a cached validation slice (`CachedTripletDataset`: its reference image and modification
     embeddings) against `gallery_embeds` (the training images) and write the gate into `model.config`. k is
     `neighbours`, else the config's `grounding_gate_neighbours`, else `DEFAULT_GROUNDING_GATE_NEIGHBOURS`."""
     neighbours = neighbours or model.config.grounding_gate_neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
-    rows, cache = eval_dataset.cache.row_indices, eval_dataset.cache
-    normalize = torch.nn.functional.normalize
-    images = normalize(cache.image_embeds[rows["image"]].float(), dim=-1)
-    texts = normalize(cache.text_embeds[rows["modification"]].float(), dim=-1)
-    calibration = calibrate_grounding_threshold(images, texts, normalize(gallery_embeds.float(), dim=-1),
-                                                neighbours, alpha, seed=seed)
+    images, texts = _validation_embeds(eval_dataset)
+    calibration = calibrate_grounding_threshold(images, texts, torch.nn.functional.normalize(
+        gallery_embeds.float(), dim=-1), neighbours, alpha, seed=seed)
     model.config.grounding_gate_neighbours = neighbours
     model.config.grounding_gate_threshold = calibration["threshold"]
     return calibration
@@ -77,8 +80,9 @@ def floor_recall(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: 
                  threshold: float | None = None) -> tuple[float, float]:
     """Composed -> floor image R@1 (%) of the validation rows (`CachedTripletDataset` rows with their floor probe)
     over `gallery_embeds` (the training images; copies of the reference left out), gated at `threshold` with k =
-    `neighbours` (None: no gate), and the share of rows gated (%). The model itself is not changed."""
+    `neighbours` (None: no gate), and the share of rows gated (%). The model's config and mode are restored."""
     from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
+    from scot_core.encoding import eval_mode, model_device_dtype
 
     normalize = torch.nn.functional.normalize
     rows = [eval_dataset[index] for index in range(len(eval_dataset))]
@@ -89,20 +93,23 @@ def floor_recall(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: 
     texts = normalize(torch.stack([row["text_embeds"] for row in rows]).float(), dim=-1)
     floors = normalize(torch.stack([row["probe_floor_image_embeds"] for row in rows]).float(), dim=-1)
     gallery = normalize(gallery_embeds.float(), dim=-1)
-    scored = copy.deepcopy(model).eval()
-    gate = {}
-    scored.config.grounding_gate_neighbours = 0
+    device, dtype = model_device_dtype(model)
+    gate = {}  # without the gallery's view get_composed_features gates nothing, whatever the config says
     if threshold is not None:
         neighbours = neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
-        scored.config.grounding_gate_neighbours = neighbours
-        scored.config.grounding_gate_threshold = threshold
-        gate = {"gallery_neighbour_embeds": nearest_gallery_images(images, gallery, neighbours),
+        gate = {"gallery_neighbour_embeds": nearest_gallery_images(images, gallery, neighbours).to(device, dtype),
                 "gallery_statistics": GalleryStatistics.from_embeds(gallery)}
-    device, dtype = next(scored.parameters()).device, next(scored.parameters()).dtype
-    with torch.no_grad():
-        queries, text_weight = scored.get_composed_features(
-            image_embeds=images.to(device, dtype), text_embeds=texts.to(device, dtype), return_text_weight=True,
-            **{name: value.to(device, dtype) if torch.is_tensor(value) else value for name, value in gate.items()})
+    config = model.config
+    saved = config.grounding_gate_neighbours, config.grounding_gate_threshold
+    try:
+        if threshold is not None:
+            config.grounding_gate_neighbours, config.grounding_gate_threshold = neighbours, threshold
+        with eval_mode(model), torch.no_grad():
+            queries, text_weight = model.get_composed_features(
+                image_embeds=images.to(device, dtype), text_embeds=texts.to(device, dtype), return_text_weight=True,
+                **gate)
+    finally:
+        config.grounding_gate_neighbours, config.grounding_gate_threshold = saved
     same = images @ gallery.T >= SAME_IMAGE_COSINE
     answers = (floors @ gallery.T).argmax(dim=1)
     ranked = (queries.float().cpu() @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
@@ -125,11 +132,12 @@ def select_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor,
     `selected` (1 or 0), `alpha` (0 when none), `threshold`, `gated_fraction`, and the floor R@1 of the ungated
     model and at each α."""
     neighbours = neighbours or model.config.grounding_gate_neighbours or DEFAULT_GROUNDING_GATE_NEIGHBOURS
+    images, texts = _validation_embeds(eval_dataset)
+    gallery = torch.nn.functional.normalize(gallery_embeds.float(), dim=-1)
     ungated = floor_recall(model, eval_dataset, gallery_embeds)[0]
     recalls, calibrations = {}, {}
     for alpha in alphas:
-        calibrations[alpha] = calibrate_model_gate(copy.deepcopy(model), eval_dataset, gallery_embeds, alpha,
-                                                   neighbours, seed=seed)
+        calibrations[alpha] = calibrate_grounding_threshold(images, texts, gallery, neighbours, alpha, seed=seed)
         recalls[alpha] = floor_recall(model, eval_dataset, gallery_embeds, neighbours,
                                       calibrations[alpha]["threshold"])[0]
     alpha = select_alpha(ungated, recalls)
