@@ -1,20 +1,22 @@
-"""Issue 14's sixth ablation round: the grounding gate (`ScotConfig.grounding_gate_*`), chosen on the triplets'
-validation slice and then reported on every kind of the demo benchmark, with and without it, over seeds.
+"""Issue 14's sixth and seventh ablation rounds: the grounding gate (`ScotConfig.grounding_gate_*`), its statistic
+and α chosen on the triplets' validation slice, then reported on every kind of the demo benchmark, with and without
+it, over seeds.
 
     python -m demo.grounding_gate [--output_dir outputs/demo] [--variant scot+text+image_ref+anchor+floor]
 
 Needs a finished `make ablations` run of `--variant` with its seeds (the fifth round's default by default): the gate
 is applied at inference only, so the same Combiner weights are scored with and without it. For each seed: the
-validation slice of that seed (its own 5% of the triplets), the training images as the gallery; θ for each α of
-`ALPHAS` from the permutation null (`trainers.grounding_gate`), and the composed -> floor image R@1 over all the
-training images with the gate at that θ. The rule (docs/ablations.md, sixth round): α = the strictest candidate
-whose mean validation R@1 is not below the ungated one. Then every kind of the benchmark, gated at that α (θ
-calibrated per seed) and ungated. Writes `{output_dir}/ablations/grounding_gate.json` and `grounding_gate.md`.
+validation slice of that seed (its own 5% of the triplets), the training images as the gallery; for each statistic
+of `STATISTICS` its AUC against the permutation null, θ for each α of `ALPHAS` (`trainers.grounding_gate`), and the
+composed -> floor image R@1 over all the training images with the gate at that θ. The rules (docs/ablations.md,
+sixth and seventh rounds), on the means over the seeds: the statistic with the higher AUC; for each statistic, α =
+the strictest candidate whose validation R@1 is not below the ungated one. Then every kind of the benchmark,
+ungated and gated by each statistic at its α (θ calibrated per seed), with the share of each kind's queries gated.
+Writes `{output_dir}/ablations/grounding_gate.json` and `grounding_gate.md`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import statistics
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainers.grounding_gate import GROUNDING_GATE_ALPHAS as ALPHAS
+from trainers.grounding_gate import GROUNDING_GATE_STATISTICS as STATISTICS
 
 logger = logging.getLogger("demo.grounding_gate")
 
@@ -82,12 +85,57 @@ def _trainer(args: GateArguments, seed: int, loss_type: str, target: str, fixed:
     )
 
 
-def floor_recall(model, train_dataset, eval_dataset, threshold: float | None) -> tuple[float, float]:
+def floor_recall(model, train_dataset, eval_dataset, threshold: float | None,
+                 statistic: str | None = None) -> tuple[float, float]:
     """Composed -> floor image R@1 (%) of the validation rows over all the training images (the reference left out),
-    gated at `threshold` (None: no gate), and the share of rows gated (%): `trainers.grounding_gate.floor_recall`."""
+    gated at `threshold` by `statistic` (None: no gate), and the share of rows gated (%):
+    `trainers.grounding_gate.floor_recall`."""
     from trainers.grounding_gate import floor_recall as gate_floor_recall
 
-    return gate_floor_recall(model, eval_dataset, train_dataset.cache.image_embeds, NEIGHBOURS, threshold)
+    return gate_floor_recall(model, eval_dataset, train_dataset.cache.image_embeds, NEIGHBOURS, threshold, statistic)
+
+
+def validation_line(model, train_dataset, eval_dataset, seed: int) -> dict:
+    """One seed's validation: the ungated floor R@1, and for each statistic its AUC and, for each α, θ, the floor
+    R@1 gated at θ and the share of rows gated."""
+    import torch
+
+    from trainers.grounding_gate import calibrate_grounding_threshold, validation_embeds
+
+    images, texts = validation_embeds(eval_dataset)
+    gallery = torch.nn.functional.normalize(train_dataset.cache.image_embeds.float(), dim=-1)
+    line = {"ungated": floor_recall(model, train_dataset, eval_dataset, None)[0]}
+    for statistic in STATISTICS:
+        entry = line[statistic] = {}
+        for alpha in ALPHAS:
+            calibration = calibrate_grounding_threshold(images, texts, gallery, NEIGHBOURS, alpha, seed=seed,
+                                                        statistic=statistic)
+            recall, gated = floor_recall(model, train_dataset, eval_dataset, calibration["threshold"], statistic)
+            entry["auc"] = calibration["auc"]  # the same null for every α
+            entry[str(alpha)] = {"threshold": calibration["threshold"], "R@1": recall, "gated": gated}
+    return line
+
+
+def gated_shares(model, prepared: dict, statistic: str) -> dict[str, float]:
+    """The share (%) of each kind's queries the model's gate answers with the image alone (a diagnostic)."""
+    import torch
+
+    from modeling_scot import GalleryStatistics, nearest_gallery_images, text_grounding
+
+    normalize = torch.nn.functional.normalize
+    shares = {}
+    for kind, tasks in prepared.items():
+        gated = total = 0
+        for task in tasks:
+            gallery = normalize(task.gallery_embeds.float(), dim=-1)
+            references = normalize(task.reference_embeds.float(), dim=-1)
+            grounding = text_grounding(normalize(task.text_embeds.float(), dim=-1),
+                                       nearest_gallery_images(references, gallery, NEIGHBOURS),
+                                       GalleryStatistics.from_embeds(gallery), references, statistic)
+            gated += int((grounding < model.config.grounding_gate_threshold).sum())
+            total += len(grounding)
+        shares[kind] = 100 * gated / total
+    return shares
 
 
 def run(args: GateArguments) -> dict:
@@ -101,61 +149,77 @@ def run(args: GateArguments) -> dict:
     for seed, folder in seed_models(args).items():
         model = ScotModel.from_pretrained(folder).eval()
         train_dataset, eval_dataset = validation_view(args, seed)
-        line = {"model": str(folder), "validation": {"ungated": floor_recall(model, train_dataset, eval_dataset,
-                                                                             None)[0]}}
-        for alpha in ALPHAS:
-            calibration = calibrate_model_gate(copy.deepcopy(model), eval_dataset, train_dataset.cache.image_embeds,
-                                               alpha, NEIGHBOURS, seed=seed)
-            recall, gated = floor_recall(model, train_dataset, eval_dataset, calibration["threshold"])
-            line["validation"][str(alpha)] = {"threshold": calibration["threshold"], "R@1": recall, "gated": gated}
-        results["seeds"][str(seed)] = line
-        logger.warning("seed %d: %s", seed, line["validation"])
-    alpha = results["selected_alpha"] = select_alpha(results["seeds"])
+        results["seeds"][str(seed)] = {"model": str(folder),
+                                       "validation": validation_line(model, train_dataset, eval_dataset, seed)}
+        logger.warning("seed %d: %s", seed, results["seeds"][str(seed)]["validation"])
+    results["selected_statistic"] = select_statistic(results["seeds"])
+    results["selected_alpha"] = {statistic: select_alpha(results["seeds"], statistic) for statistic in STATISTICS}
+
+    def benchmark(model) -> dict:
+        return {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor).metrics[key], 2)
+                       for key in REPORT_METRICS} for kind, task in prepared.items()}
+
     for seed, folder in seed_models(args).items():
         line = results["seeds"][str(seed)]
-        model = ScotModel.from_pretrained(folder).eval()
-        line["benchmark_ungated"] = {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor)
-                                                       .metrics[key], 2) for key in REPORT_METRICS}
-                                     for kind, task in prepared.items()}
-        if alpha is not None:
+        line["benchmark_ungated"] = benchmark(ScotModel.from_pretrained(folder).eval())
+        for statistic, alpha in results["selected_alpha"].items():
+            if alpha is None:
+                continue
+            model = ScotModel.from_pretrained(folder).eval()
             train_dataset, eval_dataset = validation_view(args, seed)
-            calibrate_model_gate(model, eval_dataset, train_dataset.cache.image_embeds, alpha, NEIGHBOURS, seed=seed)
-            line["benchmark_gated"] = {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor)
-                                                         .metrics[key], 2) for key in REPORT_METRICS}
-                                       for kind, task in prepared.items()}
+            calibrate_model_gate(model, eval_dataset, train_dataset.cache.image_embeds, alpha, NEIGHBOURS, seed=seed,
+                                 statistic=statistic)
+            line[f"benchmark_gated_{statistic}"] = benchmark(model)
+            line[f"gated_share_{statistic}"] = gated_shares(model, prepared, statistic)
     root = Path(args.output_dir) / "ablations"
     (root / "grounding_gate.json").write_text(json.dumps(results, indent=2))
     (root / "grounding_gate.md").write_text(format_report(results))
     return results
 
 
-def select_alpha(seeds: dict) -> float | None:
-    """The sixth round's rule (`trainers.grounding_gate.select_alpha`) on the validation R@1 averaged over the seeds:
-    the strictest α of `ALPHAS` not below the ungated mean; None when every α loses."""
+def select_statistic(seeds: dict) -> str:
+    """The seventh round's rule (`trainers.grounding_gate.select_statistic`) on the AUCs averaged over the seeds."""
+    from trainers.grounding_gate import select_statistic as select_by_rule
+
+    lines = [line["validation"] for line in seeds.values()]
+    return select_by_rule({statistic: statistics.mean(line[statistic]["auc"] for line in lines)
+                           for statistic in STATISTICS})
+
+
+def select_alpha(seeds: dict, statistic: str) -> float | None:
+    """The sixth round's rule (`trainers.grounding_gate.select_alpha`) for `statistic`, on the validation R@1
+    averaged over the seeds: the strictest α of `ALPHAS` not below the ungated mean; None when every α loses."""
     from trainers.grounding_gate import select_alpha as select_by_rule
 
-    lines = list(seeds.values())
-    return select_by_rule(statistics.mean(line["validation"]["ungated"] for line in lines),
-                          {alpha: statistics.mean(line["validation"][str(alpha)]["R@1"] for line in lines)
+    lines = [line["validation"] for line in seeds.values()]
+    return select_by_rule(statistics.mean(line["ungated"] for line in lines),
+                          {alpha: statistics.mean(line[statistic][str(alpha)]["R@1"] for line in lines)
                            for alpha in ALPHAS})
 
 
 def format_report(results: dict) -> str:
     seeds = list(results["seeds"].values())
+    validations = [line["validation"] for line in seeds]
 
     def mean(values) -> float:
         return statistics.mean(values)
 
     lines = [f"Grounding gate on `{results['variant']}` (k = {results['neighbours']}), seeds "
              f"{', '.join(results['seeds'])}.", "",
-             "Validation (composed -> floor image R@1 over all training images, mean of the seeds):", "",
-             "| α | θ (mean) | gated (%) | validation R@1 |", "| ---: | ---: | ---: | ---: |",
-             f"| no gate | — | 0 | {mean(line['validation']['ungated'] for line in seeds):.2f} |"]
-    for alpha in ALPHAS:
-        entries = [line["validation"][str(alpha)] for line in seeds]
-        lines.append(f"| {alpha} | {mean(e['threshold'] for e in entries):.2f} | "
-                     f"{mean(e['gated'] for e in entries):.1f} | {mean(e['R@1'] for e in entries):.2f} |")
-    lines += ["", f"Selected by the rule: α = {results['selected_alpha']}.", ""]
+             "Validation, means of the seeds: the AUC of each statistic (own texts against the permutation null) and "
+             "the composed -> floor image R@1 over all training images:", "",
+             "| statistic | AUC | α | θ (mean) | gated (%) | validation R@1 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| no gate | | | — | 0 | {mean(line['ungated'] for line in validations):.2f} |"]
+    for statistic in STATISTICS:
+        auc = mean(line[statistic]["auc"] for line in validations)
+        for alpha in ALPHAS:
+            entries = [line[statistic][str(alpha)] for line in validations]
+            lines.append(f"| {statistic} | {auc:.3f} | {alpha} | {mean(e['threshold'] for e in entries):.2f} | "
+                         f"{mean(e['gated'] for e in entries):.1f} | {mean(e['R@1'] for e in entries):.2f} |")
+    lines += ["", f"Selected by the rules: the statistic `{results['selected_statistic']}` (the higher AUC); α per "
+              "statistic: " + ", ".join(f"{statistic} {alpha if alpha is not None else 'none (no gate)'}"
+                                        for statistic, alpha in results["selected_alpha"].items()) + ".", ""]
     kinds = list(seeds[0]["benchmark_ungated"])
     lines += ["Benchmark R@1 per kind (mean ± std over the seeds):", "",
               "| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
@@ -163,13 +227,21 @@ def format_report(results: dict) -> str:
         cells = [values[kind]["R@1"] for kind in kinds]
         lines.append(f"| {method} only |" if method != "sum" else "| image + text |")
         lines[-1] += "".join(f" {cell:.1f} |" for cell in cells) + f" {mean(cells):.1f} |"
-    for name, key in (("ungated", "benchmark_ungated"), ("gated", "benchmark_gated")):
-        if key not in seeds[0]:
-            continue
+    rows = [("ungated", "benchmark_ungated")] + [
+        (f"gated, {statistic} (α {alpha})", f"benchmark_gated_{statistic}")
+        for statistic, alpha in results["selected_alpha"].items() if alpha is not None]
+    for name, key in rows:
         per_seed = [[line[key][kind]["R@1"] for kind in kinds] for line in seeds]
         cells = [[row[i] for row in per_seed] for i in range(len(kinds))] + [[mean(row) for row in per_seed]]
         spread = [f" {mean(c):.1f} ± {statistics.pstdev(c):.1f} |" for c in cells]
         lines.append(f"| {results['variant']}, {name} |" + "".join(spread))
+    shares = [statistic for statistic in STATISTICS if f"gated_share_{statistic}" in seeds[0]]
+    if shares:
+        lines += ["", "Share of each kind's queries answered by the image alone (%, mean of the seeds; a diagnostic):",
+                  "", "| gate | " + " | ".join(kinds) + " |", "| --- |" + " ---: |" * len(kinds)]
+        for statistic in shares:
+            lines.append(f"| {statistic} (α {results['selected_alpha'][statistic]}) |" + "".join(
+                f" {mean(line[f'gated_share_{statistic}'][kind] for line in seeds):.0f} |" for kind in kinds))
     return "\n".join(lines) + "\n"
 
 

@@ -42,9 +42,10 @@ BENCHMARK_METRICS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rs
 # 0.5), the image anchor β 0.5 (the composed ranking fused with the image-only one) and the image floor μ 1 (a hinge
 # where the composed query retrieves that image worse than the reference alone), and at retrieval the grounding gate
 # where the validation slice selects it (a query whose text picks out none of the reference's look-alikes is the
-# image alone; α by the sixth round's rule, no gate when every α lowers the validation floor R@1; θ calibrated on the
-# same slice): its settings chosen on the triplets' validation slice by rules written before the runs, not on the
-# benchmark (docs/ablations.md, fifth and sixth rounds). `scot_ungated` (evaluation only, when a gate was selected) is
+# image alone; the statistic with the higher validation AUC against a permutation null, seventh round; α by the sixth
+# round's rule, no gate when every α lowers the validation floor R@1; θ calibrated on the same slice): its settings
+# chosen on the triplets' validation slice by rules written before the runs, not on the benchmark
+# (docs/ablations.md, fifth to seventh rounds). `scot_ungated` (evaluation only, when a gate was selected) is
 # its weights without the gate, `scot_no_floor` the default before the floor; `scot_caption_retrieval` the one
 # before (the image nearest to the caption alone); the paper's loss on text targets alone is `scot_text_only`, five
 # flags away. The split reading, InfoNCE with caption negatives and the default without the anchor are in
@@ -55,8 +56,8 @@ class CombinerSetting(NamedTuple):
     image_anchor_weight: float  # ScotConfig.image_anchor_weight β
     reference_weight: float  # DataArguments.retrieval_reference_weight
     image_floor_weight: float = 0.0  # ScotTrainingArguments.image_floor_weight μ
-    # ScotTrainingArguments.grounding_gate_alpha (None: no gate); "select": α chosen on the validation slice by the
-    # sixth round's rule (grounding_gate_select), no gate included
+    # ScotTrainingArguments.grounding_gate_alpha (None: no gate); "select": the statistic and α chosen on the
+    # validation slice by the seventh and sixth rounds' rules (grounding_gate_select), no gate included
     grounding_gate_alpha: float | str | None = None
 
 
@@ -216,6 +217,7 @@ def make_triplets(data_dir: Path, output_dir: Path, triplets_dir: Path, llm_rows
 def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method: str, epochs: int, key: str) -> Path:
     """The Combiner `method` of `COMBINERS` trained on the cached embeddings of the triplets (reused when already
     there)."""
+    from trainers.grounding_gate import GROUNDING_GATE_STATISTICS
     from trainers.train import build_trainer, finish_training
     from trainers.training_args import DataArguments, ModelArguments, ScotTrainingArguments
 
@@ -229,6 +231,8 @@ def train_scot(backbone_dir: Path, triplets_dir: Path, output_dir: Path, method:
         key += f":floor={floor_weight}"
     if gate_alpha is not None:
         key += f":gate={gate_alpha}"
+    if gate_alpha == "select":  # the selection also chooses the statistic (seventh round)
+        key += ":statistics=" + ",".join(GROUNDING_GATE_STATISTICS)
     if fresh_folder(run_dir, key) and (run_dir / "train_results.json").exists():
         return run_dir
     mark_fresh(run_dir, key)

@@ -25,6 +25,9 @@ LOSS_TYPES = ("scot", "scot_split", "infonce", "infonce_captions")
 COMPOSERS = ("combiner", "pseudo_word")
 # where stage 2's LoRA adapters are: none added, in the text encoder (training), or merged into its weights (saved)
 LORA_STATES = ("none", "active", "merged")
+# What the grounding gate measures: the sixth ablation round's "lookalike" (how well the text fits one of the
+# reference's look-alikes) or the seventh's "change" (how much better it fits one than the reference itself)
+GROUNDING_GATE_STATISTICS = ("lookalike", "change")
 
 
 def encoder_embed_dim(encoder_config: PreTrainedConfig) -> int:
@@ -96,6 +99,11 @@ class ScotConfig(PreTrainedConfig):
         grounding_gate_threshold (`float`, *optional*, defaults to 0.0):
             θ of the grounding gate, in z-units of the text's cosines over the gallery; `trainers` calibrates it on
             the validation slice (`ScotTrainingArguments.grounding_gate_alpha`).
+        grounding_gate_statistic (`str`, *optional*, defaults to `"lookalike"`):
+            What the gate compares with θ (`text_grounding`): `"lookalike"`, the largest z-scored cosine between
+            the text and one of the reference's look-alikes (docs/ablations.md, sixth round); `"change"`, the
+            largest z-score of a look-alike minus the reference's own — how much better the text fits some
+            look-alike than the reference itself (seventh round).
         blip2_query_pooling (`str`, *optional*, defaults to `"mean"`):
             How BLIP-2's 32 projected, normalised query embeddings become one image vector: `"mean"` averages
             them and re-normalises (every query contributes, which is what a single-vector gallery needs);
@@ -184,6 +192,7 @@ class ScotConfig(PreTrainedConfig):
     image_anchor_weight: float = 0.0
     grounding_gate_neighbours: int = 0
     grounding_gate_threshold: float = 0.0
+    grounding_gate_statistic: str = "lookalike"
     blip2_query_pooling: str = "mean"
     text_pooling: str = "pooler"
     freeze_encoder: bool = True
@@ -253,6 +262,7 @@ class ScotConfig(PreTrainedConfig):
             ("loss_type", LOSS_TYPES),
             ("composer", COMPOSERS),
             ("pseudo_word_lora_state", LORA_STATES),
+            ("grounding_gate_statistic", GROUNDING_GATE_STATISTICS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ScotConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")

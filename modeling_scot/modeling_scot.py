@@ -22,6 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_scot import (
+    GROUNDING_GATE_STATISTICS,
     SUPPORTED_ENCODERS,
     ScotConfig,
     encoder_embed_dim,
@@ -278,12 +279,27 @@ def nearest_gallery_images(reference_embeds: torch.Tensor, gallery_embeds: torch
 
 
 def text_grounding(text_embeds: torch.Tensor, neighbour_embeds: torch.Tensor,
-                   gallery_statistics: GalleryStatistics) -> torch.Tensor:
-    """`[B]`: how well each modification text picks out one of its reference's look-alikes: the largest z-scored
-    cosine (over the gallery, `GalleryStatistics.text_zscores`) between the text embedding `[B, d]` and the
-    reference's nearest gallery images `[B, k, d]` (`nearest_gallery_images`). Low where the text names something
-    the encoder does not see among those images: every look-alike scores as an unrelated image would."""
-    return gallery_statistics.text_zscores(text_embeds, neighbour_embeds).max(dim=1).values
+                   gallery_statistics: GalleryStatistics, reference_embeds: torch.Tensor | None = None,
+                   statistic: str = "lookalike") -> torch.Tensor:
+    """`[B]`: how well each modification text picks out one of its reference's look-alikes, from the z-scored
+    cosines (over the gallery, `GalleryStatistics.text_zscores`) between the text embedding `[B, d]` and the
+    reference's nearest gallery images `[B, k, d]` (`nearest_gallery_images`); all normalised.
+
+    `statistic` (`ScotConfig.grounding_gate_statistic`): `"lookalike"`, the largest z-score — low where the text
+    names something the encoder does not see among those images; `"change"`, the largest z-score minus the
+    reference's own (`reference_embeds` `[B, d]`) — low also where the text fits the reference as well as any
+    look-alike, as when the encoder does not see the change it names, however well it fits the picture."""
+    zscores = gallery_statistics.text_zscores(text_embeds, neighbour_embeds)
+    if statistic == "lookalike":
+        return zscores.max(dim=1).values
+    if statistic not in GROUNDING_GATE_STATISTICS:
+        raise ValueError(f"The grounding statistic must be one of {GROUNDING_GATE_STATISTICS}, got {statistic!r}.")
+    if reference_embeds is None or reference_embeds.shape != text_embeds.shape:
+        raise ValueError(f"The 'change' grounding statistic needs the reference image embeddings [batch, embed_dim] = "
+                         f"{list(text_embeds.shape)}, got "
+                         f"{None if reference_embeds is None else list(reference_embeds.shape)}.")
+    own = gallery_statistics.text_zscores(text_embeds, reference_embeds[:, None, :])
+    return (zscores - own).max(dim=1).values
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -911,7 +927,9 @@ class ScotModel(ScotPreTrainedModel):
         if tuple(neighbour_embeds.shape) != expected:
             raise ValueError(f"gallery_neighbour_embeds must be [batch, grounding_gate_neighbours, embed_dim] = "
                              f"{list(expected)}, got {list(neighbour_embeds.shape)}.")
-        grounding = text_grounding(F.normalize(text_embeds.float(), dim=-1), neighbour_embeds, gallery_statistics)
+        grounding = text_grounding(F.normalize(text_embeds.float(), dim=-1), neighbour_embeds, gallery_statistics,
+                                   F.normalize(image_embeds.float(), dim=-1).to(neighbour_embeds.device),
+                                   self.config.grounding_gate_statistic)
         gated = (grounding < self.config.grounding_gate_threshold).to(composed_embeds.device)[:, None]
         composed_embeds = torch.where(gated, F.normalize(image_embeds, dim=-1).to(composed_embeds.dtype),
                                       composed_embeds)

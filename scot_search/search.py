@@ -183,7 +183,9 @@ class GallerySearcher:
                 mode, text_weight = "composed", None if weight is None else float(weight[0, 0])
                 if gate:  # said to the user: an answer by the image alone is not the composed one
                     grounding = text_grounding(self.model.get_text_features(**text_inputs),
-                                               gate["gallery_neighbour_embeds"], gate["gallery_statistics"])
+                                               gate["gallery_neighbour_embeds"], gate["gallery_statistics"],
+                                               torch.nn.functional.normalize(image_embeds.float(), dim=-1),
+                                               self.model.config.grounding_gate_statistic)
                     grounded = bool(grounding[0] >= self.model.config.grounding_gate_threshold)
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"

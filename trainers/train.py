@@ -40,7 +40,7 @@ from transformers.trainer_utils import TrainOutput
 from scot_core import load_scot_or_backbone
 from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
-from trainers.grounding_gate import calibrate_model_gate, select_model_gate
+from trainers.grounding_gate import GROUNDING_GATE_STATISTICS, calibrate_model_gate, select_model_gate
 from trainers.pseudo_word import (
     CachedComposingDataset,
     ImageCaptionPairs,
@@ -394,13 +394,15 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     elif trainer.args.grounding_gate_select:
         gate = select_model_gate(trainer.accelerator.unwrap_model(trainer.model), trainer.eval_dataset,
                                  trainer.train_dataset.cache.image_embeds, seed=trainer.args.seed)
+        chosen = ", ".join(f"{name} AUC {gate[f'auc_{name}']:.3f}" for name in GROUNDING_GATE_STATISTICS)
+        statistic = next(name for name in GROUNDING_GATE_STATISTICS if gate[f"statistic_{name}"])
         if gate["selected"]:
-            logger.info("grounding gate selected on validation: alpha %s, threshold %.3f, %.1f%% of the validation "
-                        "queries answered by the image alone", gate["alpha"], gate["threshold"],
-                        100 * gate["gated_fraction"])
+            logger.info("grounding gate selected on validation: statistic %s (%s), alpha %s, threshold %.3f, %.1f%% "
+                        "of the validation queries answered by the image alone", statistic, chosen, gate["alpha"],
+                        gate["threshold"], 100 * gate["gated_fraction"])
         else:
-            logger.info("grounding gate: no alpha keeps the validation floor R@1 (%.2f ungated), so no gate",
-                        gate["floor_R@1_ungated"])
+            logger.info("grounding gate: statistic %s (%s); no alpha keeps the validation floor R@1 (%.2f ungated), "
+                        "so no gate", statistic, chosen, gate["floor_R@1_ungated"])
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
     train_metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}  # the examples' convention
     trainer.log_metrics("train", train_metrics)

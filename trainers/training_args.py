@@ -156,10 +156,12 @@ class ScotTrainingArguments(TrainingArguments):
                 "Unset = no gate; needs the embedding cache and a held-out split. The gate's k is "
                 "--grounding_gate_neighbours (a ScotConfig field; 0 there: DEFAULT_GROUNDING_GATE_NEIGHBOURS)."})
     grounding_gate_select: bool = field(default=False, metadata={
-        "help": "Ours: choose the grounding gate's alpha on the validation slice instead of fixing it: the strictest "
-                "of trainers.grounding_gate.GROUNDING_GATE_ALPHAS whose composed -> floor image R@1 (over the "
-                "training images) is not below the ungated model's; no gate when every alpha loses. Needs what "
-                "grounding_gate_alpha needs and retrieved-image probes; excludes grounding_gate_alpha."})
+        "help": "Ours: choose the grounding gate on the validation slice instead of fixing it: first its statistic "
+                "(ScotConfig.grounding_gate_statistic), the one whose own-text groundings are best told from a "
+                "permutation null (AUC), then alpha, the strictest of trainers.grounding_gate.GROUNDING_GATE_ALPHAS "
+                "whose composed -> floor image R@1 (over the training images) is not below the ungated model's; no "
+                "gate when every alpha loses. Needs what grounding_gate_alpha needs and retrieved-image probes; "
+                "excludes grounding_gate_alpha."})
 
     def __post_init__(self):
         super().__post_init__()

@@ -52,6 +52,42 @@ def test_a_text_naming_one_look_alike_is_grounded_and_an_unrelated_one_is_not():
     assert grounded.item() > 1.5 and grounded.item() > unrelated.item() + 1
 
 
+def test_the_change_statistic_is_the_look_alikes_zscore_minus_the_references():
+    gallery, texts, references = _unit(50, 8), _unit(3, 8, seed=1), _unit(3, 8, seed=4)
+    statistics = GalleryStatistics.from_embeds(gallery)
+    cosines = texts @ gallery.T
+    mean, spread = cosines.mean(dim=1), cosines.std(dim=1, unbiased=False)
+    picked = torch.tensor([[0, 5, 9], [1, 2, 3], [49, 48, 0]])
+    look_alike_z = (cosines.gather(1, picked) - mean[:, None]) / spread[:, None]
+    reference_z = ((texts * references).sum(dim=1) - mean) / spread
+    expected = (look_alike_z - reference_z[:, None]).max(dim=1).values
+    torch.testing.assert_close(text_grounding(texts, gallery[picked], statistics, references, "change"), expected,
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs the reference image embeddings"):
+        text_grounding(texts, gallery[picked], statistics, statistic="change")
+    with pytest.raises(ValueError, match="must be one of"):
+        text_grounding(texts, gallery[picked], statistics, references, "largest")
+
+
+def test_a_text_the_reference_already_fits_grounds_no_change():
+    # the text fits the reference and every look-alike alike (the encoder does not see the change it names): the
+    # look-alike statistic calls it grounded, the change statistic does not; a text naming what one look-alike has and
+    # the reference lacks is grounded by both
+    torch.manual_seed(0)
+    base = F.normalize(torch.randn(8), dim=0)
+    direction = F.normalize(torch.randn(8) - (torch.randn(8) @ base) * base, dim=0)
+    looks = F.normalize(torch.stack([base + 0.05 * torch.randn(8) for _ in range(4)] + [base + 0.8 * direction]),
+                        dim=-1)
+    statistics = GalleryStatistics.from_embeds(torch.cat([_unit(40, 8, seed=3), looks]))
+    fits_all = F.normalize(base + 0.05 * torch.randn(8), dim=0)[None]
+    names_one = F.normalize(direction + 0.1 * base, dim=0)[None]
+    reference = base[None]
+    no_change = text_grounding(fits_all, looks[None], statistics, reference, "change").item()
+    assert text_grounding(fits_all, looks[None], statistics).item() > 1.5
+    assert no_change < 0.5
+    assert text_grounding(names_one, looks[None], statistics, reference, "change").item() > no_change + 1
+
+
 @pytest.fixture
 def gated_model():
     torch.manual_seed(0)
@@ -66,11 +102,13 @@ def gated_model():
     return ScotModel(config).eval()
 
 
-def test_the_gate_answers_ungrounded_queries_with_the_image_and_leaves_the_others(gated_model):
+@pytest.mark.parametrize("statistic", ["lookalike", "change"])
+def test_the_gate_answers_ungrounded_queries_with_the_image_and_leaves_the_others(gated_model, statistic):
     images, texts, gallery = _unit(6, EMBED_DIM), _unit(6, EMBED_DIM, seed=1), _unit(30, EMBED_DIM, seed=2)
     statistics = GalleryStatistics.from_embeds(gallery)
     looks = nearest_gallery_images(images, gallery, 3)
-    grounding = text_grounding(texts, looks, statistics)
+    grounding = text_grounding(texts, looks, statistics, images, statistic)
+    gated_model.config.grounding_gate_statistic = statistic
     gate = {"gallery_neighbour_embeds": looks, "gallery_statistics": statistics}
     with torch.no_grad():
         plain, plain_weight = gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
@@ -109,6 +147,10 @@ def test_the_config_checks_the_gate_and_saves_it(tmp_path):
         ScotConfig(grounding_gate_neighbours=-1)
     with pytest.raises(Exception, match="grounding_gate_threshold must be finite"):
         ScotConfig(grounding_gate_threshold=float("nan"))
-    ScotConfig(grounding_gate_neighbours=10, grounding_gate_threshold=1.25).save_pretrained(tmp_path)
+    with pytest.raises(Exception, match="grounding_gate_statistic must be one of"):
+        ScotConfig(grounding_gate_statistic="largest")
+    ScotConfig(grounding_gate_neighbours=10, grounding_gate_threshold=1.25,
+               grounding_gate_statistic="change").save_pretrained(tmp_path)
     loaded = ScotConfig.from_pretrained(tmp_path)
     assert (loaded.grounding_gate_neighbours, loaded.grounding_gate_threshold) == (10, 1.25)
+    assert loaded.grounding_gate_statistic == "change"

@@ -518,6 +518,10 @@ def test_the_grounding_gate_alpha_is_selected_on_the_validation_slice_by_the_rul
     gate = {name.removeprefix("eval_grounding_gate_"): value
             for name, value in finish_training(trainer, trainer.train())["eval"].items()
             if name.startswith("eval_grounding_gate_")}
+    # the statistic first, by the higher validation AUC (a tie keeps the sixth round's)
+    statistic = "change" if gate["auc_change"] > gate["auc_lookalike"] else "lookalike"
+    assert gate[f"statistic_{statistic}"] == 1.0 and gate["auc"] == gate[f"auc_{statistic}"]
+    assert gate["statistic_change"] + gate["statistic_lookalike"] == 1.0
     recalls = {alpha: gate[f"floor_R@1_alpha_{alpha}"] for alpha in GROUNDING_GATE_ALPHAS}
     passing = [alpha for alpha, recall in recalls.items() if recall >= gate["floor_R@1_ungated"]]
     saved = ScotModel.from_pretrained(tmp_path / "out")
@@ -525,6 +529,7 @@ def test_the_grounding_gate_alpha_is_selected_on_the_validation_slice_by_the_rul
         assert gate["selected"] == 1.0 and gate["alpha"] == min(passing)
         assert saved.config.grounding_gate_neighbours == 2
         assert saved.config.grounding_gate_threshold == pytest.approx(gate["threshold"])
+        assert saved.config.grounding_gate_statistic == statistic
     else:  # every α loses: no gate
         assert gate["selected"] == 0.0 and saved.config.grounding_gate_neighbours == 0
     with pytest.raises(ValueError, match="grounding_gate_select chooses alpha on the validation slice"):
