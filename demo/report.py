@@ -22,6 +22,7 @@ METHOD_NAMES = {
     "scot": "SCOT (Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
             "image floor, grounding gate where validation selects it)",
     "scot_ungated": "Combiner, the same weights without the grounding gate",
+    "scot_novelty_gate": "Combiner, the default's weights with the text novelty gate (not adopted by its rule)",
     "scot_no_floor": "Combiner, SCOT loss, text + image targets retrieved by caption and reference, image anchor, "
                      "no floor (the previous default)",
     "scot_caption_retrieval": "Combiner, SCOT loss, text + image targets retrieved by caption alone, image anchor",

@@ -22,6 +22,7 @@ from .modeling_scot import (
     nearest_gallery_images,
     scot_loss,
     scot_split_loss,
+    text_familiarity,
     text_grounding,
 )
 from .processing_scot import ScotProcessor
@@ -54,5 +55,6 @@ __all__ = [
     "pseudo_word_mapping_loss",
     "scot_loss",
     "scot_split_loss",
+    "text_familiarity",
     "text_grounding",
 ]

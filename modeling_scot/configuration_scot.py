@@ -104,6 +104,18 @@ class ScotConfig(PreTrainedConfig):
             the text and one of the reference's look-alikes (docs/ablations.md, sixth round); `"change"`, the
             largest z-score of a look-alike minus the reference's own — how much better the text fits some
             look-alike than the reference itself (seventh round).
+        novelty_gate_neighbours (`int`, *optional*, defaults to 0):
+            k of the text novelty gate (ours, not the paper's; inference only, any composer): a query whose
+            modification embedding is less similar than `novelty_gate_threshold` (a cosine) to its k-th nearest
+            text of the model's bank of training modifications (`text_familiarity`) is answered with the reference
+            image alone: nothing in the training data vouches for what the composer does with such a text. Needs no
+            gallery, but the bank (`novelty_gate_bank_size` > 0); never applies in training mode. 0 is off.
+        novelty_gate_threshold (`float`, *optional*, defaults to 0.0):
+            θ of the text novelty gate, a cosine; `trainers` calibrates it on the validation slice
+            (`ScotTrainingArguments.novelty_gate_alpha`).
+        novelty_gate_bank_size (`int`, *optional*, defaults to 0):
+            How many training modification embeddings the model holds for the novelty gate (the buffer
+            `novelty_gate_text_embeds`, saved with the weights); set by `ScotModel.set_novelty_gate`.
         blip2_query_pooling (`str`, *optional*, defaults to `"mean"`):
             How BLIP-2's 32 projected, normalised query embeddings become one image vector: `"mean"` averages
             them and re-normalises (every query contributes, which is what a single-vector gallery needs);
@@ -193,6 +205,9 @@ class ScotConfig(PreTrainedConfig):
     grounding_gate_neighbours: int = 0
     grounding_gate_threshold: float = 0.0
     grounding_gate_statistic: str = "lookalike"
+    novelty_gate_neighbours: int = 0
+    novelty_gate_threshold: float = 0.0
+    novelty_gate_bank_size: int = 0
     blip2_query_pooling: str = "mean"
     text_pooling: str = "pooler"
     freeze_encoder: bool = True
@@ -272,6 +287,17 @@ class ScotConfig(PreTrainedConfig):
                 isinstance(self.grounding_gate_neighbours, int) and self.grounding_gate_neighbours >= 0):
             raise ValueError("ScotConfig.grounding_gate_neighbours must be an integer >= 0 (0: no gate), got "
                              f"{self.grounding_gate_neighbours!r}.")
+        for name in ("novelty_gate_neighbours", "novelty_gate_bank_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"ScotConfig.{name} must be an integer >= 0 (0: no gate), got {value!r}.")
+        if self.novelty_gate_bank_size and self.novelty_gate_neighbours > self.novelty_gate_bank_size:
+            raise ValueError(f"ScotConfig.novelty_gate_neighbours ({self.novelty_gate_neighbours}) needs a bank of at "
+                             f"least as many training texts, got novelty_gate_bank_size "
+                             f"{self.novelty_gate_bank_size}.")
+        if not -1.0 <= self.novelty_gate_threshold <= 1.0:
+            raise ValueError(f"ScotConfig.novelty_gate_threshold is a cosine, in [-1, 1]; got "
+                             f"{self.novelty_gate_threshold}.")
         if not math.isfinite(self.grounding_gate_threshold):
             raise ValueError(f"ScotConfig.grounding_gate_threshold must be finite, got "
                              f"{self.grounding_gate_threshold}.")

@@ -302,6 +302,20 @@ def text_grounding(text_embeds: torch.Tensor, neighbour_embeds: torch.Tensor,
     return (zscores - own).max(dim=1).values
 
 
+def text_familiarity(text_embeds: torch.Tensor, bank_embeds: torch.Tensor, k: int,
+                     block_size: int = 4096) -> torch.Tensor:
+    """`[B]`: the cosine between each normalised modification embedding `[B, d]` and its k-th nearest text of a
+    bank of (normalised) training modification embeddings `[N, d]`: high for a text like those the composer was
+    trained on, low for one unlike all but a few of them (nearest-neighbour novelty, as in Sun et al., 2022)."""
+    if not 0 < k <= len(bank_embeds):
+        raise ValueError(f"The novelty gate looks at the {k}-th nearest training text: the bank has "
+                         f"{len(bank_embeds)}.")
+    bank = bank_embeds.float()
+    values = [(text_embeds[start:start + block_size].float().to(bank.device) @ bank.T).topk(k, dim=1).values[:, -1]
+              for start in range(0, len(text_embeds), block_size)]
+    return torch.cat(values) if values else bank.new_zeros(0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,6 +478,9 @@ class ScotModel(ScotPreTrainedModel):
         # tokens. The pseudo-word composer reads the tokens themselves (they sit in its prompt), so callers holding
         # cached text embeddings must pass `input_ids` instead. An attribute, not a switch on the composer's name.
         self.composer_accepts_text_embeds = config.composer == "combiner"
+        if config.novelty_gate_bank_size:  # the novelty gate's training modifications, saved with the weights
+            self.register_buffer("novelty_gate_text_embeds", torch.zeros(config.novelty_gate_bank_size,
+                                                                         config.embed_dim))
         self.post_init()
         if config.pseudo_word_lora_state == "active":  # a stage-2 checkpoint: re-add the adapters its weights fill
             self._add_lora_adapters()
@@ -906,15 +923,56 @@ class ScotModel(ScotPreTrainedModel):
             _check_same_batch("get_composed_features", image_embeds, text_embeds,
                               ("reference image", "modification text"))
             composed_embeds, text_weight = self._combine(image_embeds, text_embeds)
-        if self.config.grounding_gate_neighbours and (gallery_neighbour_embeds is not None
-                                                      or gallery_statistics is not None):
-            if text_embeds is None:  # the pseudo-word composer never embeds the modification on its own
-                text_embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
-                                                     token_type_ids=token_type_ids)
+        # the novelty gate once it has its bank (a k set before training waits for `set_novelty_gate`)
+        novelty_gate = bool(self.config.novelty_gate_neighbours and self.config.novelty_gate_bank_size
+                            and not self.training)
+        grounding_gate = bool(self.config.grounding_gate_neighbours) and (gallery_neighbour_embeds is not None
+                                                                          or gallery_statistics is not None)
+        if (novelty_gate or grounding_gate) and text_embeds is None:
+            # the pseudo-word composer never embeds the modification on its own
+            text_embeds = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask,
+                                                 token_type_ids=token_type_ids)
+        if novelty_gate:
+            composed_embeds, text_weight = self._novelty_gate(composed_embeds, text_weight, image_embeds, text_embeds)
+        if grounding_gate:
             composed_embeds, text_weight = self._grounding_gate(composed_embeds, text_weight, image_embeds,
                                                                 text_embeds, gallery_neighbour_embeds,
                                                                 gallery_statistics)
         return (composed_embeds, text_weight) if return_text_weight else composed_embeds
+
+    def set_novelty_gate(self, bank_embeds: torch.Tensor, neighbours: int, threshold: float) -> None:
+        """Turn the text novelty gate on (`ScotConfig.novelty_gate_*`): `bank_embeds` `[N, embed_dim]` are the
+        training modification embeddings it compares a query's text with (normalised here, held in the buffer
+        `novelty_gate_text_embeds` and saved with the weights), `neighbours` its k, `threshold` its θ."""
+        if bank_embeds.ndim != 2 or bank_embeds.shape[1] != self.config.embed_dim or len(bank_embeds) < neighbours:
+            raise ValueError(f"The novelty gate's bank must be [texts >= {neighbours}, {self.config.embed_dim}], got "
+                             f"{list(bank_embeds.shape)}.")
+        device = next(self.parameters()).device
+        self.register_buffer("novelty_gate_text_embeds", F.normalize(bank_embeds.float(), dim=-1).to(device))
+        self.config.novelty_gate_neighbours = 0  # the config checks k against the bank: the bank first
+        self.config.novelty_gate_bank_size = len(bank_embeds)
+        self.config.novelty_gate_neighbours, self.config.novelty_gate_threshold = neighbours, float(threshold)
+
+    def text_familiarity(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """`[B]`: `text_familiarity` of modification embeddings against the model's bank (the novelty gate's
+        statistic; the gate answers with the image alone where it is below `config.novelty_gate_threshold`)."""
+        bank = getattr(self, "novelty_gate_text_embeds", None)
+        if bank is None or not (self.config.novelty_gate_neighbours and self.config.novelty_gate_bank_size):
+            raise ValueError("This model has no novelty gate: ScotModel.set_novelty_gate (or scot-train "
+                             "--novelty_gate_alpha) gives it one.")
+        return text_familiarity(F.normalize(text_embeds.float(), dim=-1), bank, self.config.novelty_gate_neighbours)
+
+    def _novelty_gate(self, composed_embeds, text_weight, image_embeds,
+                      text_embeds) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The composed queries with those whose modification is unlike the training texts
+        (`ScotConfig.novelty_gate_neighbours`) replaced by the reference image embedding."""
+        novel = (self.text_familiarity(text_embeds) < self.config.novelty_gate_threshold)[:, None]
+        novel = novel.to(composed_embeds.device)
+        composed_embeds = torch.where(novel, F.normalize(image_embeds, dim=-1).to(composed_embeds.dtype),
+                                      composed_embeds)
+        if text_weight is not None:
+            text_weight = text_weight.masked_fill(novel, 0.0)
+        return composed_embeds, text_weight
 
     def _grounding_gate(self, composed_embeds, text_weight, image_embeds, text_embeds, neighbour_embeds,
                         gallery_statistics) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -147,6 +147,9 @@ def build_app(searcher: GallerySearcher, *, max_pixels: int = DEFAULT_MAX_PIXELS
                                              f"**{1 - weight:.2f}**{anchor} · ")
         gate = ("**Grounding gate:** the text picks out none of the reference's look-alikes here, so the image "
                 "alone answers · " if result.grounded is False else "")
+        if result.familiar_text is False:
+            gate = ("**Novelty gate:** the text is unlike the modifications the model was trained on, so the image "
+                    "alone answers · ") + gate
         summary = f"{weights}{gate}top {len(result.hits)} of {len(index)} gallery images"
         return gallery, table, summary
 

@@ -127,6 +127,9 @@ def format_table(result) -> str:
                      f"{1 - result.text_weight:.3f}{anchor}")
     else:
         lines.append("composed query" if result.mode == "composed" else f"{result.mode}-only query")
+    if result.familiar_text is False:
+        lines.append("novelty gate: the text is unlike the modifications the model was trained on, so the image "
+                     "alone answers")
     if result.grounded is False:
         lines.append("grounding gate: the text picks out none of the reference's look-alikes in this gallery, so the "
                      "image alone answers")

@@ -49,13 +49,16 @@ class SearchResult:
     on the text embedding; 1 − λ on the image) for composed queries, else None; `image_anchor_weight` the
     Combiner's image anchor β (`ScotConfig.image_anchor_weight`) when it has one, else None; `grounded`, for a
     composed query of a model with the grounding gate, whether its text picked out one of the reference's look-alikes
-    (False: the query was answered by the image alone, λ 0), else None."""
+    (False: the query was answered by the image alone, λ 0), else None; `familiar_text`, for a composed query of a
+    model with the text novelty gate, whether its text is like the training modifications (False: answered by the
+    image alone), else None."""
 
     mode: str
     hits: list[SearchHit] = field(default_factory=list)
     text_weight: float | None = None
     image_anchor_weight: float | None = None
     grounded: bool | None = None
+    familiar_text: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,7 +177,7 @@ class GallerySearcher:
                 tokens = self.processor(text=[text.strip()], return_tensors="pt").to(device)
                 text_inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"],
                                "token_type_ids": tokens.get("token_type_ids")}
-            grounded = None
+            grounded = familiar = None
             if image is not None and text is not None:
                 # the model's one entry point for a composed query: the composer decides what it reads of the text
                 gate = self._grounding_gate_inputs(image_embeds)
@@ -187,6 +190,9 @@ class GallerySearcher:
                                                torch.nn.functional.normalize(image_embeds.float(), dim=-1),
                                                self.model.config.grounding_gate_statistic)
                     grounded = bool(grounding[0] >= self.model.config.grounding_gate_threshold)
+                if self.model.config.novelty_gate_neighbours and self.model.config.novelty_gate_bank_size:
+                    familiarity = self.model.text_familiarity(self.model.get_text_features(**text_inputs))
+                    familiar = bool(familiarity[0] >= self.model.config.novelty_gate_threshold)
             elif image is not None:
                 query_embeds, mode = image_embeds, "image"
             else:
@@ -203,7 +209,7 @@ class GallerySearcher:
         # the anchor is the Combiner's (the one composer with a λ); β = 0 is no anchor
         anchor = self.model.config.image_anchor_weight if text_weight is not None else 0.0
         return SearchResult(mode=mode, hits=hits, text_weight=text_weight, image_anchor_weight=anchor or None,
-                            grounded=grounded)
+                            grounded=grounded, familiar_text=familiar)
 
     def hit_image(self, hit: SearchHit):
         """The decoded image of a hit (RGB PIL): its indexed file (folder galleries; only if it is still the file

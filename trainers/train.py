@@ -41,6 +41,7 @@ from scot_core import load_scot_or_backbone
 from trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
 from trainers.embedding_cache import EmbeddingCache, TripletColumns, describe_skipped
 from trainers.grounding_gate import GROUNDING_GATE_STATISTICS, calibrate_model_gate, select_model_gate
+from trainers.novelty_gate import calibrate_novelty_gate
 from trainers.pseudo_word import (
     CachedComposingDataset,
     ImageCaptionPairs,
@@ -233,11 +234,12 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
     eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
                  else f"The held-out part of {training_args.dataset_name}")
-    gate_on = training_args.grounding_gate_alpha is not None or training_args.grounding_gate_select
+    gate_on = (training_args.grounding_gate_alpha is not None or training_args.grounding_gate_select
+               or training_args.novelty_gate_alpha is not None)
     if gate_on and (
             not data_args.use_embedding_cache or eval_rows is None or training_args.composer_stage is not None):
-        raise ValueError("grounding_gate_alpha / grounding_gate_select calibrate the gate on a Combiner's cached "
-                         "validation slice: it needs "
+        raise ValueError("grounding_gate_alpha / grounding_gate_select / novelty_gate_alpha calibrate a gate on a "
+                         "Combiner's cached validation slice: it needs "
                          "use_embedding_cache true and a held-out split (eval_split or eval_fraction > 0), and no "
                          "composer_stage.")
     if _check_composer_stage(model, training_args.composer_stage) is not None:
@@ -403,6 +405,16 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
         else:
             logger.info("grounding gate: statistic %s (%s); no alpha keeps the validation floor R@1 (%.2f ungated), "
                         "so no gate", statistic, chosen, gate["floor_R@1_ungated"])
+    novelty = {}
+    if trainer.args.novelty_gate_alpha is not None:  # after the grounding gate: its recalls are without this one
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        novelty = calibrate_novelty_gate(model, trainer.train_dataset, trainer.eval_dataset,
+                                         trainer.args.novelty_gate_alpha, seed=trainer.args.seed)
+        logger.info("text novelty gate: threshold %.3f (cosine to the k = %d nearest of %d training texts), %.1f%% "
+                    "of the validation queries answered by the image alone; validation floor R@1 %.2f -> %.2f",
+                    novelty["threshold"], model.config.novelty_gate_neighbours,
+                    novelty["bank_size"], 100 * novelty["gated_fraction"],
+                    novelty["floor_R@1_ungated"], novelty["floor_R@1_gated"])
     trainer.save_model()  # model + processor (+ a model card): AutoModel / AutoProcessor load output_dir
     train_metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}  # the examples' convention
     trainer.log_metrics("train", train_metrics)
@@ -412,6 +424,7 @@ def finish_training(trainer: ScotTrainer, train_result: TrainOutput) -> dict[str
     if trainer.eval_dataset is not None:
         eval_metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
         eval_metrics.update({f"eval_grounding_gate_{name}": value for name, value in gate.items()})
+        eval_metrics.update({f"eval_novelty_gate_{name}": value for name, value in novelty.items()})
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
     # the card again, now that the final evaluation is logged: its numbers describe the saved weights

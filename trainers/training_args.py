@@ -163,6 +163,15 @@ class ScotTrainingArguments(TrainingArguments):
                 "gate when every alpha loses. Needs what grounding_gate_alpha needs and retrieved-image probes; "
                 "excludes grounding_gate_alpha."})
 
+    novelty_gate_alpha: float | None = field(default=None, metadata={
+        "help": "Ours, not the paper's: after training, turn on the text novelty gate (ScotConfig.novelty_gate_*: "
+                "at inference, a query whose modification is unlike every training modification - the cosine to "
+                "its k-th nearest one below theta - is answered with the image alone), theta the alpha quantile of "
+                "the validation rows' familiarity (trainers.novelty_gate; 0.05: 95%% of texts like the training ones "
+                "kept), the bank the training split's distinct modification embeddings, saved with the weights. "
+                "Unset = no gate; needs the embedding cache and a held-out split; k is --novelty_gate_neighbours "
+                "(0 there: 10)."})
+
     def __post_init__(self):
         super().__post_init__()
         if self.composer_stage is not None and self.composer_stage not in COMPOSER_STAGES:
@@ -178,6 +187,9 @@ class ScotTrainingArguments(TrainingArguments):
         if self.grounding_gate_alpha is not None and not 0.0 < self.grounding_gate_alpha < 1.0:
             raise ValueError(f"grounding_gate_alpha must be in (0, 1) (or unset: no gate), got "
                              f"{self.grounding_gate_alpha}.")
+        if self.novelty_gate_alpha is not None and not 0.0 < self.novelty_gate_alpha < 1.0:
+            raise ValueError(f"novelty_gate_alpha must be in (0, 1) (or unset: no gate), got "
+                             f"{self.novelty_gate_alpha}.")
         if self.grounding_gate_select and self.grounding_gate_alpha is not None:
             raise ValueError("grounding_gate_select chooses alpha on the validation slice: leave grounding_gate_alpha "
                              f"unset (got {self.grounding_gate_alpha}).")

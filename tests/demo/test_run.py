@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 from demo import run
@@ -42,8 +43,13 @@ def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kin
     ScotModel.from_pretrained(scot_folder, grounding_gate_neighbours=2, grounding_gate_threshold=0.5).save_pretrained(
         gated)
     ScotProcessor.from_pretrained(scot_folder).save_pretrained(gated)
+    novel = tmp_path / "scot-novelty"  # every text unfamiliar (θ 1 > any cosine): the image-only ranking
+    model = ScotModel.from_pretrained(scot_folder)
+    model.set_novelty_gate(torch.randn(4, model.config.embed_dim), neighbours=2, threshold=1.0)
+    model.save_pretrained(novel)
+    ScotProcessor.from_pretrained(scot_folder).save_pretrained(novel)
     combiners = {method: scot_folder for method in run.COMBINERS}  # the same model under every other name here
-    combiners["scot"] = gated
+    combiners["scot"], combiners["scot_novelty_gate"] = gated, novel
     summary = run.evaluate_and_report(args, combiners, kinds, triplet_stats, {}, time.perf_counter())
 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -53,6 +59,7 @@ def test_stage_six_writes_metrics_report_grid_and_card_per_kind(scot_folder, kin
         assert list(per_method) == list(METHOD_NAMES)
         assert all(list(values) == list(run.BENCHMARK_METRICS) for values in per_method.values())
         assert per_method["scot_infonce"] == per_method["scot_ungated"]  # the same weights, without the gate
+        assert per_method["scot_novelty_gate"] == per_method["image"]  # every query answered by the image alone
     for method, values in written["average"].items():  # the average is the mean of the kinds, metric by metric
         for key, value in values.items():
             mean = sum(written["kinds"][kind][method][key] for kind in KINDS) / len(KINDS)

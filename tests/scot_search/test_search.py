@@ -119,3 +119,26 @@ def test_a_gated_model_answers_an_ungrounded_text_with_the_image_and_says_so(gal
             assert [hit.id for hit in result.hits] == [hit.id for hit in image_only.hits]
             assert result.text_weight == 0.0
             assert "the image alone answers" in format_table(result)
+
+
+def test_a_model_with_the_novelty_gate_answers_an_unfamiliar_text_with_the_image_and_says_so(gallery_index,
+                                                                                             gallery_folder):
+    from scot_search.cli import format_table
+
+    searcher = GallerySearcher.from_pretrained(gallery_index)  # its own model: the gate is added below
+    reference = gallery_folder / "round" / "circle-red.png"
+    ungated = searcher.query(image=str(reference), text="make it blue", k=5)
+    assert ungated.familiar_text is None  # no gate
+    model = searcher.model
+    bank = torch.nn.functional.normalize(torch.randn(4, model.config.embed_dim), dim=-1)
+    for threshold, familiar in ((-1.0, True), (1.0, False)):  # every text passes / none does (cosines are < 1)
+        model.set_novelty_gate(bank, neighbours=2, threshold=threshold)
+        result = searcher.query(image=str(reference), text="make it blue", k=5)
+        assert result.familiar_text is familiar
+        if familiar:
+            assert [hit.id for hit in result.hits] == [hit.id for hit in ungated.hits]
+        else:
+            image_only = searcher.query(image=str(reference), k=5)
+            assert [hit.id for hit in result.hits] == [hit.id for hit in image_only.hits]
+            assert result.text_weight == 0.0
+            assert "novelty gate: the text is unlike the modifications" in format_table(result)

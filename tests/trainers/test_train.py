@@ -502,9 +502,34 @@ def test_the_grounding_gate_is_calibrated_on_the_validation_slice_and_saved(work
     assert saved.config.grounding_gate_threshold == pytest.approx(metrics["eval"]["eval_grounding_gate_threshold"])
     assert 0.0 <= metrics["eval"]["eval_grounding_gate_gated_fraction"] <= 1.0
     # without a held-out split there is nothing to calibrate on: refused before any training
-    with pytest.raises(ValueError, match="grounding_gate_select calibrate the gate on a Combiner's cached"):
+    with pytest.raises(ValueError, match="novelty_gate_alpha calibrate a gate on a Combiner's cached"):
         build_trainer(model_args, DataArguments(eval_fraction=0.0, embedding_cache_dir=str(tmp_path / "cache")),
                       training_args)
+
+
+def test_the_novelty_gate_is_calibrated_on_the_validation_slice_and_saved_with_its_bank(workspace, tmp_path):
+    from modeling_scot import text_familiarity
+    from trainers.grounding_gate import validation_embeds
+
+    model_args, _, training_args = _arguments(workspace, tmp_path / "out", tmp_path / "cache", max_steps=2,
+                                              novelty_gate_alpha=0.25)
+    model_args.novelty_gate_neighbours = 2  # the gate's k is a ScotConfig field (a model argument)
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"))
+    trainer = build_trainer(model_args, data_args, training_args)
+    metrics = finish_training(trainer, trainer.train())["eval"]
+    saved = ScotModel.from_pretrained(tmp_path / "out")
+    # the bank: the training split's distinct modifications; θ: the validation familiarity's 0.25 quantile
+    bank = torch.unique(validation_embeds(trainer.train_dataset)[1], dim=0)
+    assert saved.config.novelty_gate_neighbours == 2 and saved.config.novelty_gate_bank_size == len(bank)
+    assert metrics["eval_novelty_gate_bank_size"] == len(bank)
+    torch.testing.assert_close(saved.novelty_gate_text_embeds, bank)
+    familiarity = text_familiarity(validation_embeds(trainer.eval_dataset)[1], bank, 2)
+    assert saved.config.novelty_gate_threshold == pytest.approx(float(familiarity.quantile(0.25)))
+    assert metrics["eval_novelty_gate_gated_fraction"] == pytest.approx(
+        float((familiarity < saved.config.novelty_gate_threshold).float().mean()))
+    assert {"eval_novelty_gate_floor_R@1_ungated", "eval_novelty_gate_floor_R@1_gated"} <= set(metrics)
+    with pytest.raises(ValueError, match=r"novelty_gate_alpha must be in \(0, 1\)"):
+        ScotTrainingArguments(output_dir=str(tmp_path / "x"), novelty_gate_alpha=1.0)
 
 
 def test_the_grounding_gate_alpha_is_selected_on_the_validation_slice_by_the_rule(workspace, tmp_path):
