@@ -14,7 +14,7 @@ DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fon
 # The web demo's browser test drives Debian's Chromium through its WebDriver
 BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations grounding-gate map-to-compose clean
+.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations grounding-gate novelty-gate map-to-compose clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ ablations: $(STAMP)
 grounding-gate: $(STAMP)
 	test -f outputs/demo/ablations/results.json || $(MAKE) ablations
 	$(BIN)/python -m demo.grounding_gate
+
+# the eighth round: the text novelty gate on the same seeds (after ablations)
+novelty-gate: $(STAMP)
+	test -f outputs/demo/ablations/results.json || $(MAKE) ablations
+	$(BIN)/python -m demo.novelty_gate
 
 # issue 15's Map-to-Compose on the outputs of `make demo`: both stages, the per-kind rows beside SCOT and the
 # baselines, the data-efficiency curve (outputs/demo/map-to-compose/); a second command, make demo is at its budget
