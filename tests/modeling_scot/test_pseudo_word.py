@@ -425,3 +425,21 @@ def test_the_grounding_gate_reads_the_modifications_own_embedding_for_the_pseudo
     torch.testing.assert_close(gated, images, atol=1e-6, rtol=0)
     assert weight is None  # no λ to report for this composer
     torch.testing.assert_close(open_gate, plain, atol=ATOL, rtol=0)
+
+
+def test_the_novelty_gate_reads_the_modifications_own_embedding_for_the_pseudo_word_composer(pseudo_word):
+    from modeling_scot import text_familiarity
+
+    _, _, model, _, inputs = pseudo_word
+    model.eval()
+    bank = torch.nn.functional.normalize(torch.randn(6, EMBED_DIM, generator=torch.Generator().manual_seed(5)), dim=-1)
+    with torch.no_grad():
+        images = model.get_image_features(pixel_values=inputs["pixel_values"])
+        familiarity = text_familiarity(model.get_text_features(**_text_inputs(inputs)), bank, 2)
+        plain = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs))
+        model.set_novelty_gate(bank, neighbours=2, threshold=float(familiarity.max()) + 0.01)  # every query novel
+        gated = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs))
+        model.set_novelty_gate(bank, neighbours=2, threshold=float(familiarity.min()) - 0.01)  # none
+        open_gate = model.get_composed_features(pixel_values=inputs["pixel_values"], **_text_inputs(inputs))
+    torch.testing.assert_close(gated, images, atol=1e-6, rtol=0)
+    torch.testing.assert_close(open_gate, plain, atol=ATOL, rtol=0)
