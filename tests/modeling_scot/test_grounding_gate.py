@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_scot import GalleryStatistics, ScotConfig, ScotModel, nearest_gallery_images, text_grounding
+from modeling_scot import GalleryStatistics, ScotConfig, nearest_gallery_images, text_grounding
 from tests.tiny_backbones import EMBED_DIM
 
 
@@ -88,56 +88,42 @@ def test_a_text_the_reference_already_fits_grounds_no_change():
     assert text_grounding(names_one, looks[None], statistics, reference, "change").item() > no_change + 1
 
 
-@pytest.fixture
-def gated_model():
-    torch.manual_seed(0)
-    config = ScotConfig(encoder_config={"model_type": "clip", "projection_dim": EMBED_DIM,
-                                        "text_config": {"hidden_size": 16, "intermediate_size": 32,
-                                                        "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                        "vocab_size": 64},
-                                        "vision_config": {"hidden_size": 16, "intermediate_size": 32,
-                                                          "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                          "image_size": 32, "patch_size": 16}},
-                        image_anchor_weight=0.5)
-    return ScotModel(config).eval()
-
-
 @pytest.mark.parametrize("statistic", ["lookalike", "change"])
-def test_the_gate_answers_ungrounded_queries_with_the_image_and_leaves_the_others(gated_model, statistic):
+def test_the_gate_answers_ungrounded_queries_with_the_image_and_leaves_the_others(anchored_scot_model, statistic):
     images, texts, gallery = _unit(6, EMBED_DIM), _unit(6, EMBED_DIM, seed=1), _unit(30, EMBED_DIM, seed=2)
     statistics = GalleryStatistics.from_embeds(gallery)
     looks = nearest_gallery_images(images, gallery, 3)
     grounding = text_grounding(texts, looks, statistics, images, statistic)
-    gated_model.config.grounding_gate_statistic = statistic
+    anchored_scot_model.config.grounding_gate_statistic = statistic
     gate = {"gallery_neighbour_embeds": looks, "gallery_statistics": statistics}
     with torch.no_grad():
-        plain, plain_weight = gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        plain, plain_weight = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                                                 return_text_weight=True)
-        off = gated_model.get_composed_features(image_embeds=images, text_embeds=texts, **gate)
-        gated_model.config.grounding_gate_neighbours = 3
+        off = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts, **gate)
+        anchored_scot_model.config.grounding_gate_neighbours = 3
         # between two rows' groundings, not at one, which the model's own recomputation could round either side
         ordered = grounding.sort().values
-        gated_model.config.grounding_gate_threshold = float(ordered[2] + ordered[3]) / 2
-        without_gallery = gated_model.get_composed_features(image_embeds=images, text_embeds=texts)
-        gated, gated_weight = gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        anchored_scot_model.config.grounding_gate_threshold = float(ordered[2] + ordered[3]) / 2
+        without_gallery = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts)
+        gated, gated_weight = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                                                 return_text_weight=True, **gate)
     torch.testing.assert_close(off, plain)  # the gate off in the config: the gallery changes nothing
     torch.testing.assert_close(without_gallery, plain)  # no gallery (training): no query is gated
-    below = grounding < gated_model.config.grounding_gate_threshold
+    below = grounding < anchored_scot_model.config.grounding_gate_threshold
     assert 0 < int(below.sum()) < len(below)
     torch.testing.assert_close(gated[below], images[below])  # the image-only query
     torch.testing.assert_close(gated[~below], plain[~below])
     assert (gated_weight[below] == 0).all() and torch.equal(gated_weight[~below], plain_weight[~below])
 
 
-def test_the_gate_names_what_it_lacks(gated_model):
-    gated_model.config.grounding_gate_neighbours = 3
+def test_the_gate_names_what_it_lacks(anchored_scot_model):
+    anchored_scot_model.config.grounding_gate_neighbours = 3
     images, texts, gallery = _unit(2, EMBED_DIM), _unit(2, EMBED_DIM, seed=1), _unit(10, EMBED_DIM, seed=2)
     with pytest.raises(ValueError, match="needs both gallery_neighbour_embeds and gallery_statistics"):
-        gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                           gallery_statistics=GalleryStatistics.from_embeds(gallery))
     with pytest.raises(ValueError, match=r"\[batch, grounding_gate_neighbours, embed_dim\] = \[2, 3, 16\]"):
-        gated_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                           gallery_neighbour_embeds=nearest_gallery_images(images, gallery, 2),
                                           gallery_statistics=GalleryStatistics.from_embeds(gallery))
 

@@ -23,49 +23,35 @@ def test_familiarity_is_the_cosine_to_the_kth_nearest_bank_text_by_hand():
         text_familiarity(texts, bank, 5)
 
 
-@pytest.fixture
-def tiny_model():
-    torch.manual_seed(0)
-    config = ScotConfig(encoder_config={"model_type": "clip", "projection_dim": EMBED_DIM,
-                                        "text_config": {"hidden_size": 16, "intermediate_size": 32,
-                                                        "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                        "vocab_size": 64},
-                                        "vision_config": {"hidden_size": 16, "intermediate_size": 32,
-                                                          "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                          "image_size": 32, "patch_size": 16}},
-                        image_anchor_weight=0.5)
-    return ScotModel(config).eval()
-
-
-def test_the_gate_answers_unfamiliar_texts_with_the_image_and_never_trains(tiny_model):
+def test_the_gate_answers_unfamiliar_texts_with_the_image_and_never_trains(anchored_scot_model):
     images, texts, bank = _unit(6, EMBED_DIM), _unit(6, EMBED_DIM, seed=1), _unit(20, EMBED_DIM, seed=2)
     with torch.no_grad():
-        plain, plain_weight = tiny_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        plain, plain_weight = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                                                return_text_weight=True)
     familiarity = text_familiarity(texts, bank, 3)
     ordered = familiarity.sort().values
-    tiny_model.set_novelty_gate(bank, neighbours=3, threshold=float(ordered[2] + ordered[3]) / 2)
-    assert tiny_model.config.novelty_gate_bank_size == 20
-    torch.testing.assert_close(tiny_model.text_familiarity(texts), familiarity)
+    anchored_scot_model.set_novelty_gate(bank, neighbours=3, threshold=float(ordered[2] + ordered[3]) / 2)
+    assert anchored_scot_model.config.novelty_gate_bank_size == 20
+    torch.testing.assert_close(anchored_scot_model.text_familiarity(texts), familiarity)
     with torch.no_grad():
-        gated, gated_weight = tiny_model.get_composed_features(image_embeds=images, text_embeds=texts,
+        gated, gated_weight = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts,
                                                                return_text_weight=True)
-    novel = familiarity < tiny_model.config.novelty_gate_threshold
+    novel = familiarity < anchored_scot_model.config.novelty_gate_threshold
     assert int(novel.sum()) == 3
     torch.testing.assert_close(gated[novel], images[novel])  # the image-only query, λ 0
     torch.testing.assert_close(gated[~novel], plain[~novel])
     assert (gated_weight[novel] == 0).all() and torch.equal(gated_weight[~novel], plain_weight[~novel])
-    tiny_model.train()  # training composes every row: the gate is for retrieval
-    tiny_model.combiner.eval()  # no dropout, to compare with the eval-mode queries
+    anchored_scot_model.train()  # training composes every row: the gate is for retrieval
+    anchored_scot_model.combiner.eval()  # no dropout, to compare with the eval-mode queries
     with torch.no_grad():
-        training = tiny_model.get_composed_features(image_embeds=images, text_embeds=texts)
+        training = anchored_scot_model.get_composed_features(image_embeds=images, text_embeds=texts)
     torch.testing.assert_close(training, plain)
 
 
-def test_the_bank_and_gate_are_saved_as_safetensors_and_come_back(tiny_model, tmp_path):
+def test_the_bank_and_gate_are_saved_as_safetensors_and_come_back(anchored_scot_model, tmp_path):
     bank = _unit(12, EMBED_DIM, seed=3)
-    tiny_model.set_novelty_gate(bank * 2.0, neighbours=4, threshold=0.25)  # normalised on the way in
-    tiny_model.save_pretrained(tmp_path)
+    anchored_scot_model.set_novelty_gate(bank * 2.0, neighbours=4, threshold=0.25)  # normalised on the way in
+    anchored_scot_model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
     loaded = ScotModel.from_pretrained(tmp_path).eval()
     assert (loaded.config.novelty_gate_neighbours, loaded.config.novelty_gate_bank_size) == (4, 12)
@@ -75,11 +61,11 @@ def test_the_bank_and_gate_are_saved_as_safetensors_and_come_back(tiny_model, tm
     assert off.config.novelty_gate_neighbours == 0 and off.config.novelty_gate_bank_size == 12
 
 
-def test_the_gate_names_what_it_lacks(tiny_model):
+def test_the_gate_names_what_it_lacks(anchored_scot_model):
     with pytest.raises(ValueError, match="has no novelty gate"):
-        tiny_model.text_familiarity(_unit(2, EMBED_DIM))
+        anchored_scot_model.text_familiarity(_unit(2, EMBED_DIM))
     with pytest.raises(ValueError, match=rf"bank must be \[texts >= 3, {EMBED_DIM}\], got \[2, {EMBED_DIM}\]"):
-        tiny_model.set_novelty_gate(_unit(2, EMBED_DIM), neighbours=3, threshold=0.0)
+        anchored_scot_model.set_novelty_gate(_unit(2, EMBED_DIM), neighbours=3, threshold=0.0)
     with pytest.raises(Exception, match="novelty_gate_neighbours must be an integer >= 0"):
         ScotConfig(novelty_gate_neighbours=-1)
     with pytest.raises(Exception, match="needs a bank of at least as many training texts"):
