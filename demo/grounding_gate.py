@@ -197,6 +197,25 @@ def select_alpha(seeds: dict, statistic: str) -> float | None:
                            for alpha in ALPHAS})
 
 
+def benchmark_table(results: dict, kinds: list[str], rows: list[tuple[str, str]]) -> list[str]:
+    """The lines of the benchmark's R@1 table of a gate report: the baselines, then one row per (name, key of the
+    seeds' results) as mean ± std over the seeds."""
+    seeds = list(results["seeds"].values())
+    lines = ["Benchmark R@1 per kind (mean ± std over the seeds):", "",
+             "| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
+    for method, values in results["baselines"].items():
+        cells = [values[kind]["R@1"] for kind in kinds]
+        lines.append(f"| {method} only |" if method != "sum" else "| image + text |")
+        lines[-1] += "".join(f" {cell:.1f} |" for cell in cells) + f" {statistics.mean(cells):.1f} |"
+    for name, key in rows:
+        per_seed = [[line[key][kind]["R@1"] for kind in kinds] for line in seeds]
+        cells = [[row[i] for row in per_seed] for i in range(len(kinds))]
+        cells.append([statistics.mean(row) for row in per_seed])
+        lines.append(f"| {results['variant']}, {name} |"
+                     + "".join(f" {statistics.mean(c):.1f} ± {statistics.pstdev(c):.1f} |" for c in cells))
+    return lines
+
+
 def format_report(results: dict) -> str:
     seeds = list(results["seeds"].values())
     validations = [line["validation"] for line in seeds]
@@ -221,20 +240,10 @@ def format_report(results: dict) -> str:
               "statistic: " + ", ".join(f"{statistic} {alpha if alpha is not None else 'none (no gate)'}"
                                         for statistic, alpha in results["selected_alpha"].items()) + ".", ""]
     kinds = list(seeds[0]["benchmark_ungated"])
-    lines += ["Benchmark R@1 per kind (mean ± std over the seeds):", "",
-              "| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
-    for method, values in results["baselines"].items():
-        cells = [values[kind]["R@1"] for kind in kinds]
-        lines.append(f"| {method} only |" if method != "sum" else "| image + text |")
-        lines[-1] += "".join(f" {cell:.1f} |" for cell in cells) + f" {mean(cells):.1f} |"
     rows = [("ungated", "benchmark_ungated")] + [
         (f"gated, {statistic} (α {alpha})", f"benchmark_gated_{statistic}")
         for statistic, alpha in results["selected_alpha"].items() if alpha is not None]
-    for name, key in rows:
-        per_seed = [[line[key][kind]["R@1"] for kind in kinds] for line in seeds]
-        cells = [[row[i] for row in per_seed] for i in range(len(kinds))] + [[mean(row) for row in per_seed]]
-        spread = [f" {mean(c):.1f} ± {statistics.pstdev(c):.1f} |" for c in cells]
-        lines.append(f"| {results['variant']}, {name} |" + "".join(spread))
+    lines += benchmark_table(results, kinds, rows)
     shares = [statistic for statistic in STATISTICS if f"gated_share_{statistic}" in seeds[0]]
     if shares:
         lines += ["", "Share of each kind's queries answered by the image alone (%, mean of the seeds; a diagnostic):",

@@ -18,7 +18,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from demo.grounding_gate import GateArguments, seed_models, validation_view
+from demo.grounding_gate import GateArguments, benchmark_table, seed_models, validation_view
 
 logger = logging.getLogger("demo.novelty_gate")
 
@@ -94,17 +94,7 @@ def format_report(results: dict) -> str:
              f"By the rule (gated ≥ ungated − {results['tolerance']:g}): "
              + ("**adopted**." if results["adopted"] else "**not adopted**."), ""]
     kinds = list(seeds[0]["benchmark_ungated"])
-    lines += ["Benchmark R@1 per kind (mean ± std over the seeds):", "",
-              "| method | " + " | ".join(kinds) + " | average |", "| --- |" + " ---: |" * (len(kinds) + 1)]
-    for method, values in results["baselines"].items():
-        cells = [values[kind]["R@1"] for kind in kinds]
-        lines.append(f"| {method} only |" if method != "sum" else "| image + text |")
-        lines[-1] += "".join(f" {cell:.1f} |" for cell in cells) + f" {mean(cells):.1f} |"
-    for name, key in (("ungated", "benchmark_ungated"), ("novelty gate", "benchmark_gated")):
-        per_seed = [[line[key][kind]["R@1"] for kind in kinds] for line in seeds]
-        cells = [[row[i] for row in per_seed] for i in range(len(kinds))] + [[mean(row) for row in per_seed]]
-        lines.append(f"| {results['variant']}, {name} |"
-                     + "".join(f" {mean(c):.1f} ± {statistics.pstdev(c):.1f} |" for c in cells))
+    lines += benchmark_table(results, kinds, [("ungated", "benchmark_ungated"), ("novelty gate", "benchmark_gated")])
     lines += ["", "Share of each kind's queries answered by the image alone (%, mean of the seeds; a diagnostic):", "",
               "| " + " | ".join(kinds) + " |", "|" + " ---: |" * len(kinds),
               "|" + "".join(f" {mean(line['gated_share'][kind] for line in seeds):.0f} |" for kind in kinds)]

@@ -61,11 +61,21 @@ def calibrate_grounding_threshold(image_embeds: torch.Tensor, text_embeds: torch
     """θ for `ScotConfig.grounding_gate_threshold`: the (1 − `alpha`) quantile of the permutation null
     (`null_groundings`) on validation rows, the share of those rows the gate then answers with the image alone, and
     the statistic's `grounding_auc`: `{"threshold": θ, "gated_fraction": ..., "auc": ...}`."""
+    check_alpha(alpha)
+    return threshold_from_null(*null_groundings(image_embeds, text_embeds, gallery_embeds, neighbours, permutations,
+                                                seed, statistic=statistic), alpha)
+
+
+def check_alpha(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"grounding_gate_alpha must be in (0, 1), got {alpha}.")
-    own, null = null_groundings(image_embeds, text_embeds, gallery_embeds, neighbours, permutations, seed,
-                                statistic=statistic)
-    threshold = float(null.quantile(1.0 - alpha))
+    return alpha
+
+
+def threshold_from_null(own: torch.Tensor, null: torch.Tensor, alpha: float) -> dict[str, float]:
+    """θ = the (1 − `alpha`) quantile of the null groundings, the share of the `own` groundings below it, and the
+    statistic's `grounding_auc`."""
+    threshold = float(null.quantile(1.0 - check_alpha(alpha)))
     return {"threshold": threshold, "gated_fraction": float((own < threshold).float().mean()),
             "auc": grounding_auc(own, null)}
 
@@ -164,16 +174,15 @@ def select_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor,
     images, texts = validation_embeds(eval_dataset)
     gallery = torch.nn.functional.normalize(gallery_embeds.float(), dim=-1)
     statistics_of_gallery = GalleryStatistics.from_embeds(gallery)
-    aucs = {statistic: grounding_auc(*null_groundings(images, texts, gallery, neighbours, seed=seed,
-                                                      gallery_statistics=statistics_of_gallery,
-                                                      statistic=statistic))
-            for statistic in statistics}
+    groundings = {statistic: null_groundings(images, texts, gallery, neighbours, seed=seed,
+                                             gallery_statistics=statistics_of_gallery, statistic=statistic)
+                  for statistic in statistics}  # (own, null) of each statistic, computed once
+    aucs = {statistic: grounding_auc(*pair) for statistic, pair in groundings.items()}
     statistic = select_statistic(aucs)
     ungated = floor_recall(model, eval_dataset, gallery_embeds)[0]
     recalls, calibrations = {}, {}
     for alpha in alphas:
-        calibrations[alpha] = calibrate_grounding_threshold(images, texts, gallery, neighbours, alpha, seed=seed,
-                                                            statistic=statistic)
+        calibrations[alpha] = threshold_from_null(*groundings[statistic], alpha)
         recalls[alpha] = floor_recall(model, eval_dataset, gallery_embeds, neighbours,
                                       calibrations[alpha]["threshold"], statistic)[0]
     alpha = select_alpha(ungated, recalls)
@@ -192,4 +201,4 @@ def select_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor,
 
 __all__ = ["DEFAULT_GROUNDING_GATE_NEIGHBOURS", "GROUNDING_GATE_ALPHAS", "GROUNDING_GATE_STATISTICS",
            "calibrate_grounding_threshold", "calibrate_model_gate", "floor_recall", "grounding_auc", "null_groundings",
-           "select_alpha", "select_model_gate", "select_statistic", "validation_embeds"]
+           "select_alpha", "select_model_gate", "select_statistic", "threshold_from_null", "validation_embeds"]
