@@ -14,7 +14,7 @@ DEMO_APT_PACKAGES := tuxpaint-stamps-default openclipart-png openclipart-svg fon
 # The web demo's browser test drives Debian's Chromium through its WebDriver
 BROWSER_APT_PACKAGES := chromium chromium-driver
 
-.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations grounding-gate novelty-gate map-to-compose clean
+.PHONY: demo demo-packages browser-packages test-packages apt-install web-demo quickstart test test-fast lint bench ablations grounding-gate novelty-gate kind-transfer map-to-compose clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ grounding-gate: $(STAMP)
 novelty-gate: $(STAMP)
 	test -f outputs/demo/ablations/results.json || $(MAKE) ablations
 	$(BIN)/python -m demo.novelty_gate
+
+# the ninth round: kind-held-out validation on the triplets, the novelty gate's α chosen on it (after make demo)
+kind-transfer: $(STAMP)
+	test -d outputs/demo/benchmark || $(MAKE) demo
+	$(BIN)/python -m demo.kind_transfer
 
 # issue 15's Map-to-Compose on the outputs of `make demo`: both stages, the per-kind rows beside SCOT and the
 # baselines, the data-efficiency curve (outputs/demo/map-to-compose/); a second command, make demo is at its budget

@@ -112,18 +112,9 @@ def floor_recall(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: 
     over `gallery_embeds` (the training images; copies of the reference left out), gated at `threshold` with k =
     `neighbours` and `statistic` (else the config's; `threshold` None: no gate), and the share of rows gated (%).
     The model's config and mode are restored."""
-    from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
     from scot_core.encoding import eval_mode, model_device_dtype
 
-    normalize = torch.nn.functional.normalize
-    rows = [eval_dataset[index] for index in range(len(eval_dataset))]
-    if not rows or "probe_floor_image_embeds" not in rows[0]:
-        raise ValueError("floor_recall needs validation rows with their floor probe (probe_floor_image_embeds): a "
-                         "cached validation slice of a run with retrieved-image probes.")
-    images = normalize(torch.stack([row["image_embeds"] for row in rows]).float(), dim=-1)
-    texts = normalize(torch.stack([row["text_embeds"] for row in rows]).float(), dim=-1)
-    floors = normalize(torch.stack([row["probe_floor_image_embeds"] for row in rows]).float(), dim=-1)
-    gallery = normalize(gallery_embeds.float(), dim=-1)
+    images, texts, floors, gallery = _floor_probe(eval_dataset, gallery_embeds)
     device, dtype = model_device_dtype(model)
     gate = {}  # without the gallery's view get_composed_features gates nothing, whatever the config says
     if threshold is not None:
@@ -142,11 +133,37 @@ def floor_recall(model, eval_dataset, gallery_embeds: torch.Tensor, neighbours: 
                 **gate)
     finally:
         config.grounding_gate_neighbours, config.grounding_gate_threshold, config.grounding_gate_statistic = saved
+    gated = (text_weight == 0).float().mean() if threshold is not None else torch.tensor(0.0)
+    return _floor_hit_rate(queries.float().cpu(), images, floors, gallery), 100 * float(gated)
+
+
+def reference_floor_recall(eval_dataset, gallery_embeds: torch.Tensor) -> float:
+    """`floor_recall` of the image-only query: the reference image embedding itself retrieving the floor image."""
+    images, _, floors, gallery = _floor_probe(eval_dataset, gallery_embeds)
+    return _floor_hit_rate(images, images, floors, gallery)
+
+
+def _floor_probe(eval_dataset, gallery_embeds: torch.Tensor):
+    """The normalised (reference images, modifications, floor images) of cached rows with their floor probe, and the
+    normalised gallery."""
+    normalize = torch.nn.functional.normalize
+    rows = [eval_dataset[index] for index in range(len(eval_dataset))]
+    if not rows or "probe_floor_image_embeds" not in rows[0]:
+        raise ValueError("floor_recall needs validation rows with their floor probe (probe_floor_image_embeds): a "
+                         "cached validation slice of a run with retrieved-image probes.")
+    return tuple(normalize(torch.stack([row[key] for row in rows]).float(), dim=-1)
+                 for key in ("image_embeds", "text_embeds", "probe_floor_image_embeds")) + (
+        normalize(gallery_embeds.float(), dim=-1),)
+
+
+def _floor_hit_rate(queries: torch.Tensor, images: torch.Tensor, floors: torch.Tensor, gallery: torch.Tensor) -> float:
+    """R@1 (%) of `queries` retrieving each row's floor image among `gallery`, copies of the reference left out."""
+    from modeling_scot.modeling_scot import SAME_IMAGE_COSINE
+
     same = images @ gallery.T >= SAME_IMAGE_COSINE
     answers = (floors @ gallery.T).argmax(dim=1)
-    ranked = (queries.float().cpu() @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
-    gated = (text_weight == 0).float().mean() if threshold is not None else torch.tensor(0.0)
-    return 100 * float((ranked == answers).float().mean()), 100 * float(gated)
+    ranked = (queries @ gallery.T).masked_fill(same, float("-inf")).argmax(dim=1)
+    return 100 * float((ranked == answers).float().mean())
 
 
 def select_alpha(ungated_recall: float, recall_by_alpha: dict[float, float]) -> float | None:
@@ -201,4 +218,5 @@ def select_model_gate(model, eval_dataset, gallery_embeds: torch.Tensor,
 
 __all__ = ["DEFAULT_GROUNDING_GATE_NEIGHBOURS", "GROUNDING_GATE_ALPHAS", "GROUNDING_GATE_STATISTICS",
            "calibrate_grounding_threshold", "calibrate_model_gate", "floor_recall", "grounding_auc", "null_groundings",
-           "select_alpha", "select_model_gate", "select_statistic", "threshold_from_null", "validation_embeds"]
+           "reference_floor_recall", "select_alpha", "select_model_gate", "select_statistic", "threshold_from_null",
+           "validation_embeds"]

@@ -173,6 +173,9 @@ def load_triplets(dataset_name: str, data_args: DataArguments, seed: int):
         if split and split not in raw:
             raise ValueError(f"{dataset_name} has no split {split!r}; found {list(raw)}.")
     train = raw[data_args.train_split]
+    if data_args.exclude_kinds:
+        train = without_kinds(train, data_args.kind_column, data_args.exclude_kinds,
+                              f"The {data_args.train_split!r} split of {dataset_name}")
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.eval_split:
@@ -181,6 +184,24 @@ def load_triplets(dataset_name: str, data_args: DataArguments, seed: int):
         parts = train.train_test_split(test_size=data_args.eval_fraction, seed=seed)
         return parts["train"], parts["test"]
     return train, None
+
+
+def without_kinds(rows, kind_column: str, kinds: list[str], what: str):
+    """`rows` (a `datasets.Dataset`) without the triplets whose `kind_column` is one of `kinds`; a clear error when
+    the column is missing, a kind never occurs, or nothing is left."""
+    if kind_column not in rows.column_names:
+        raise ValueError(f"{what} has no column {kind_column!r} to leave kinds of change out by; its columns: "
+                         f"{rows.column_names}. Set kind_column, or leave exclude_kinds empty.")
+    present = set(rows[kind_column])
+    missing = sorted(set(kinds) - present)
+    if missing:
+        raise ValueError(f"exclude_kinds {missing} never occur in {what}'s {kind_column!r} column; it holds "
+                         f"{sorted(str(kind) for kind in present)}.")
+    excluded = set(kinds)
+    kept = rows.filter(lambda kind: kind not in excluded, input_columns=kind_column)
+    if not len(kept):
+        raise ValueError(f"Leaving out {sorted(excluded)} leaves no rows of {what} to train on.")
+    return kept
 
 
 def require_rows(kept: int, skipped: dict[str, int], what: str) -> None:
@@ -278,6 +299,22 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
 
     return ScotTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                        data_collator=data_collator, processing_class=processor, callbacks=callbacks)
+
+
+def cached_held_out_dataset(trainer: ScotTrainer, rows, data_args: DataArguments, what: str):
+    """Triplet `rows` outside the trainer's data (e.g. the kinds of change `exclude_kinds` left out) as a cached
+    dataset with the validation probes, built as the trainer's validation slice is: the same encoder and cache, its
+    image-derived targets and probes from the trainer's training images."""
+    if not hasattr(trainer.train_dataset, "cache"):
+        raise ValueError("cached_held_out_dataset needs a trainer on the embedding cache (use_embedding_cache true).")
+    columns = TripletColumns(image=data_args.image_column, caption=data_args.caption_column,
+                             modification=data_args.modification_column,
+                             modified_caption=data_args.modified_caption_column)
+    columns.check(rows)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    cache = _cached_rows(model, trainer.processing_class, rows, columns, data_args, what)
+    return cache.as_dataset(data_args.target, target_gallery=trainer.train_dataset.cache, with_probes=True,
+                            reference_weight=data_args.retrieval_reference_weight)
 
 
 def _check_composer_stage(model, stage: str | None) -> str | None:

@@ -87,6 +87,10 @@ class DataArguments:
     caption_column: str = field(default="caption")
     modification_column: str = field(default="modification")
     modified_caption_column: str = field(default="modified_caption")
+    kind_column: str = field(default="kind", metadata={"help": "The column naming each triplet's kind of change."})
+    exclude_kinds: list[str] = field(default_factory=list, metadata={
+        "help": "Kinds of change (values of kind_column) left out of the train split before the held-out slice is "
+                "drawn: a transfer study trains without them and evaluates on them (demo.kind_transfer)."})
     use_embedding_cache: bool = field(default=True, metadata={"help": "Encode once and train on cached vectors."})
     embedding_cache_dir: str = field(default="~/.cache/scot/embeddings", metadata={"help": "Where the cache lives."})
     encode_batch_size: int = field(default=64, metadata={"help": "Batch size when building the cache."})

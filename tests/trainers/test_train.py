@@ -532,6 +532,41 @@ def test_the_novelty_gate_is_calibrated_on_the_validation_slice_and_saved_with_i
         ScotTrainingArguments(output_dir=str(tmp_path / "x"), novelty_gate_alpha=1.0)
 
 
+def test_exclude_kinds_trains_without_a_kind_and_its_rows_can_be_evaluated_as_held_out(workspace, tmp_path):
+    from datasets import load_dataset
+
+    from trainers.grounding_gate import floor_recall, reference_floor_recall, validation_embeds
+    from trainers.train import cached_held_out_dataset
+
+    data = save_triplet_dataset(tmp_path / "kinds", with_kinds=True)
+    model_args = ModelArguments(model_name_or_path=str(workspace["clip"]))
+    training_args = ScotTrainingArguments(output_dir=str(tmp_path / "out"), dataset_name=str(data), max_steps=2,
+                                          per_device_train_batch_size=8, seed=3, report_to="none")
+    data_args = DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"), exclude_kinds=["size"])
+    trainer = build_trainer(model_args, data_args, training_args)
+    # the 16 'make it bigger' rows are in neither split: 48 colour rows, 4 distinct modifications
+    assert len(trainer.train_dataset) + len(trainer.eval_dataset) == 48
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        assert len(torch.unique(validation_embeds(dataset)[1], dim=0)) == 4
+    trainer.train()
+    rows = load_dataset(str(data), split="train").filter(lambda kind: kind == "size", input_columns="kind")
+    held_out = cached_held_out_dataset(trainer, rows, data_args, "the size rows")
+    assert len(held_out) == 16 and "probe_floor_image_embeds" in held_out[0]
+    gallery = trainer.train_dataset.cache.image_embeds
+    for recall in (reference_floor_recall(held_out, gallery),
+                   floor_recall(trainer.accelerator.unwrap_model(trainer.model).eval(), held_out, gallery)[0]):
+        assert 0.0 <= recall <= 100.0 and recall * 16 / 100 == pytest.approx(round(recall * 16 / 100))
+    # a kind that never occurs, and a dataset without the column, are refused before any encoding
+    with pytest.raises(ValueError, match=r"exclude_kinds \['count'\] never occur"):
+        build_trainer(model_args, DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"),
+                                                exclude_kinds=["count"]), training_args)
+    no_kinds = ScotTrainingArguments(output_dir=str(tmp_path / "out2"), dataset_name=str(workspace["data"]),
+                                     max_steps=2, report_to="none")
+    with pytest.raises(ValueError, match="has no column 'kind' to leave kinds of change out by"):
+        build_trainer(model_args, DataArguments(eval_fraction=0.25, embedding_cache_dir=str(tmp_path / "cache"),
+                                                exclude_kinds=["size"]), no_kinds)
+
+
 def test_the_grounding_gate_alpha_is_selected_on_the_validation_slice_by_the_rule(workspace, tmp_path):
     from trainers.grounding_gate import GROUNDING_GATE_ALPHAS
 

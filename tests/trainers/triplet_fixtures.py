@@ -40,13 +40,19 @@ def triplet_rows():
     return rows
 
 
-def save_triplet_dataset(folder, rows=None):
+def save_triplet_dataset(folder, rows=None, with_kinds: bool = False):
+    """`rows` (default `triplet_rows()`) as parquet; `with_kinds` adds the generator's `kind` column: "colour" for
+    the recolourings, "size" for the 'make it bigger' rows."""
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
 
     rows = triplet_rows() if rows is None else rows
-    features = Features({"image": ImageFeature(), "caption": Value("string"), "modification": Value("string"),
-                         "modified_caption": Value("string")})
+    columns = {"image": ImageFeature(), "caption": Value("string"), "modification": Value("string"),
+               "modified_caption": Value("string")}
+    if with_kinds:
+        rows = [{**row, "kind": "size" if row["modification"] == "make it bigger" else "colour"} for row in rows]
+        columns["kind"] = Value("string")
+    features = Features(columns)
     dataset = Dataset.from_list(rows, features=features)
     folder.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(folder / "train.parquet"))
