@@ -5,10 +5,11 @@ validation slice, its rule applied there, then every kind of the demo benchmark 
 
 Needs a finished `make ablations` run of `--variant` with its seeds (as `demo.grounding_gate`): the gate is applied at
 inference only, so the same Combiner weights are scored with and without it. For each seed: the bank from that seed's
-training split, θ the `ALPHA` quantile of its validation rows' familiarity (`trainers.novelty_gate`), and the
+training split, θ the `--alpha` quantile (the eighth round's `ALPHA` by default) of its validation rows' familiarity (`trainers.novelty_gate`), and the
 composed -> floor image R@1 over all the training images without and with the gate. The rule (docs/ablations.md,
 eighth round): the gate joins the default if its mean validation R@1 is at least the ungated mean minus
-`TOLERANCE`. Writes `{output_dir}/ablations/novelty_gate.json` and `novelty_gate.md`.
+`TOLERANCE` (the ninth round, `demo.kind_transfer`, chooses α by another rule; `--alpha` reports its choice).
+Writes `{output_dir}/ablations/novelty_gate.json` and `novelty_gate.md` (`novelty_gate-alpha<α>.*` for another α).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.grounding_gate import GateArguments, benchmark_table, seed_models, validation_view
@@ -25,6 +27,13 @@ logger = logging.getLogger("demo.novelty_gate")
 ALPHA = 0.05  # fixed before the runs: 95% of validation texts kept
 NEIGHBOURS = 10
 TOLERANCE = 1.0  # validation floor R@1 points the gate may cost (the fourth and fifth rounds' tolerance)
+
+
+@dataclass
+class NoveltyGateArguments(GateArguments):
+    alpha: float = field(default=ALPHA, metadata={
+        "help": "θ is this quantile of the validation familiarity (the eighth round's 0.05; another α writes "
+                "novelty_gate-alpha<α>.{json,md}, leaving the eighth round's files)."})
 
 
 def gated_shares(model, prepared: dict) -> dict[str, float]:
@@ -37,7 +46,7 @@ def gated_shares(model, prepared: dict) -> dict[str, float]:
     return shares
 
 
-def run(args: GateArguments) -> dict:
+def run(args: NoveltyGateArguments) -> dict:
     from demo.ablations import REPORT_METRICS, AblationArguments, prepare_kinds
     from modeling_scot import ScotModel
     from scot_eval.evaluation import evaluate_prepared
@@ -49,21 +58,23 @@ def run(args: GateArguments) -> dict:
         return {kind: {key: round(evaluate_prepared(model, task, "scot", processor=processor).metrics[key], 2)
                        for key in REPORT_METRICS} for kind, task in prepared.items()}
 
-    results = {"variant": args.variant, "alpha": ALPHA, "neighbours": NEIGHBOURS, "tolerance": TOLERANCE,
+    results = {"variant": args.variant, "alpha": args.alpha, "neighbours": NEIGHBOURS, "tolerance": TOLERANCE,
                "baselines": baselines, "seeds": {}}
     for seed, folder in seed_models(args).items():
         model = ScotModel.from_pretrained(folder).eval()
         line = {"model": str(folder), "benchmark_ungated": benchmark(model)}
         train_dataset, eval_dataset = validation_view(args, seed)
-        line["validation"] = calibrate_novelty_gate(model, train_dataset, eval_dataset, ALPHA, NEIGHBOURS, seed=seed)
+        line["validation"] = calibrate_novelty_gate(model, train_dataset, eval_dataset, args.alpha, NEIGHBOURS,
+                                                    seed=seed)
         line["benchmark_gated"] = benchmark(model)
         line["gated_share"] = gated_shares(model, prepared)
         results["seeds"][str(seed)] = line
         logger.warning("seed %d: %s; gated %s", seed, line["validation"], line["gated_share"])
     results["adopted"] = adopt(results["seeds"])
     root = Path(args.output_dir) / "ablations"
-    (root / "novelty_gate.json").write_text(json.dumps(results, indent=2))
-    (root / "novelty_gate.md").write_text(format_report(results))
+    name = "novelty_gate" if args.alpha == ALPHA else f"novelty_gate-alpha{args.alpha:g}"
+    (root / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (root / f"{name}.md").write_text(format_report(results))
     return results
 
 
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    (args,) = HfArgumentParser(GateArguments).parse_args_into_dataclasses(argv)
+    (args,) = HfArgumentParser(NoveltyGateArguments).parse_args_into_dataclasses(argv)
     print(format_report(run(args)))
     return 0
 
