@@ -5,11 +5,12 @@ validation slice, its rule applied there, then every kind of the demo benchmark 
 
 Needs a finished `make ablations` run of `--variant` with its seeds (as `demo.grounding_gate`): the gate is applied at
 inference only, so the same Combiner weights are scored with and without it. For each seed: the bank from that seed's
-training split, θ the `--alpha` quantile (the eighth round's `ALPHA` by default) of its validation rows' familiarity (`trainers.novelty_gate`), and the
-composed -> floor image R@1 over all the training images without and with the gate. The rule (docs/ablations.md,
-eighth round): the gate joins the default if its mean validation R@1 is at least the ungated mean minus
-`TOLERANCE` (the ninth round, `demo.kind_transfer`, chooses α by another rule; `--alpha` reports its choice).
-Writes `{output_dir}/ablations/novelty_gate.json` and `novelty_gate.md` (`novelty_gate-alpha<α>.*` for another α).
+training split, θ the `--alpha` quantile (the eighth round's `ALPHA` by default) of its validation rows' familiarity
+(`trainers.novelty_gate`), and the composed -> floor image R@1 over all the training images without and with the
+gate. The rule (docs/ablations.md, eighth round): the gate joins the default if its mean validation R@1 is at least
+the ungated mean minus `TOLERANCE` (the ninth round, `demo.kind_transfer`, chooses α by another rule; `--alpha`
+reports its choice). Writes `{output_dir}/ablations/novelty_gate.json` and `novelty_gate.md`
+(`novelty_gate-alpha<α>.*` for another α).
 """
 
 from __future__ import annotations
