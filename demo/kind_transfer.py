@@ -13,7 +13,7 @@ alone, the composed query, and the composed query behind the novelty gate at eac
 the fold's validation familiarity, the bank its training modifications, k `NEIGHBOURS`: as a trained model would
 calibrate it). The rule (`select_alpha`): the option, no gate or an α, with the highest mean of the unseen and seen
 R@1 (each the mean over the folds), the first listed on a tie. The benchmark plays no part. Each fold is saved in
-`{output_dir}/ablations/kind_transfer/<kind>/` (a killed run resumes at the next fold); writes
+`{output_dir}/ablations/kind_transfer/<kind>/` (a killed run resumes at its first unfinished fold); writes
 `{output_dir}/ablations/kind_transfer.json` and `kind_transfer.md`.
 """
 

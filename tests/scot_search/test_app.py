@@ -197,8 +197,8 @@ def toast_text(browser) -> str:
 
 
 def wait_for_message(browser, wait) -> str:
-    wait.until(lambda page: toast_text(page))
-    return toast_text(browser)
+    # the text the wait saw: read again, a toast may already have been dismissed on a busy machine
+    return wait.until(lambda page: toast_text(page))
 
 
 @needs_browser
