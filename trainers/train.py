@@ -186,6 +186,12 @@ def load_triplets(dataset_name: str, data_args: DataArguments, seed: int):
     return train, None
 
 
+def triplet_columns(data_args: DataArguments) -> TripletColumns:
+    return TripletColumns(image=data_args.image_column, caption=data_args.caption_column,
+                          modification=data_args.modification_column,
+                          modified_caption=data_args.modified_caption_column)
+
+
 def without_kinds(rows, kind_column: str, kinds: list[str], what: str):
     """`rows` (a `datasets.Dataset`) without the triplets whose `kind_column` is one of `kinds`; a clear error when
     the column is missing, a kind never occurs, or nothing is left."""
@@ -248,9 +254,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, training
     # on the training device already, so that the embedding cache is encoded there, not on the CPU
     model, processor, _ = load_scot_or_backbone(settings.pop("model_name_or_path"), device=training_args.device,
                                                 config_overrides=settings)
-    columns = TripletColumns(image=data_args.image_column, caption=data_args.caption_column,
-                             modification=data_args.modification_column,
-                             modified_caption=data_args.modified_caption_column)
+    columns = triplet_columns(data_args)
     train_rows, eval_rows = load_triplets(training_args.dataset_name, data_args, training_args.seed)
     train_name = f"The {data_args.train_split!r} split of {training_args.dataset_name}"
     eval_name = (f"The {data_args.eval_split!r} split of {training_args.dataset_name}" if data_args.eval_split
@@ -307,9 +311,7 @@ def cached_held_out_dataset(trainer: ScotTrainer, rows, data_args: DataArguments
     image-derived targets and probes from the trainer's training images."""
     if not hasattr(trainer.train_dataset, "cache"):
         raise ValueError("cached_held_out_dataset needs a trainer on the embedding cache (use_embedding_cache true).")
-    columns = TripletColumns(image=data_args.image_column, caption=data_args.caption_column,
-                             modification=data_args.modification_column,
-                             modified_caption=data_args.modified_caption_column)
+    columns = triplet_columns(data_args)
     columns.check(rows)
     model = trainer.accelerator.unwrap_model(trainer.model)
     cache = _cached_rows(model, trainer.processing_class, rows, columns, data_args, what)
